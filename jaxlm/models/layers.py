@@ -1,0 +1,113 @@
+"""Building blocks: parameters with logical axes, norms, feed-forward layers, embeddings."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxlm.models.config import TransformerConfig
+
+Initializer = jax.nn.initializers.Initializer
+
+
+def dtype_of(name: str):
+  return jnp.dtype(name)
+
+
+def param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int], axes: Sequence):
+  """A parameter annotated with logical axis names (see jaxlm.training.partitioning)."""
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape),
+                      dtype_of(module.config.param_dtype))
+
+
+def normal(std: float) -> Initializer:
+  return jax.nn.initializers.normal(stddev=std)
+
+
+def constrain(x, axes):
+  """Activation sharding by logical names; a no-op outside a mesh + rules context."""
+  return nn.with_logical_constraint(x, axes)
+
+
+class Norm(nn.Module):
+  """LayerNorm (scale and bias) or RMSNorm (scale only), computed in float32."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    dim = x.shape[-1]
+    x32 = x.astype(jnp.float32)
+    if cfg.norm_type == "layernorm":
+      mean = x32.mean(-1, keepdims=True)
+      var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+      y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
+      y = y * param(self, "scale", jax.nn.initializers.ones, (dim,), ("embed",))
+      y = y + param(self, "bias", jax.nn.initializers.zeros, (dim,), ("embed",))
+    else:
+      y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + cfg.norm_eps)
+      y = y * param(self, "scale", jax.nn.initializers.ones, (dim,), ("embed",))
+    return y.astype(dtype_of(cfg.dtype))
+
+
+def activation(cfg: TransformerConfig, x):
+  if cfg.mlp_activation == "relu":
+    return jax.nn.relu(x)
+  if cfg.mlp_activation == "swiglu":
+    return jax.nn.silu(x)
+  return jax.nn.gelu(x, approximate=cfg.gelu_approximate)  # gelu, geglu
+
+
+class Dense(nn.Module):
+  """x @ kernel (+ bias) with the kernel's logical axes; contracts the last input axis."""
+  config: TransformerConfig
+  features: int
+  axes: tuple  # (in_axis_name, out_axis_name)
+  init_std: float
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    kernel = param(self, "kernel", normal(self.init_std), (x.shape[-1], self.features), self.axes)
+    y = jnp.dot(x, kernel.astype(dtype_of(cfg.dtype)))
+    if cfg.use_bias:
+      y = y + param(self, "bias", jax.nn.initializers.zeros, (self.features,), self.axes[1:]).astype(y.dtype)
+    return y
+
+
+class MLP(nn.Module):
+  """Feed-forward: ReLU/GeLU (wi -> wo) or gated SwiGLU/GeGLU (act(wi_0) * wi_1 -> wo)."""
+  config: TransformerConfig
+  out_std: float
+  in_std: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    cfg = self.config
+    if cfg.gated_mlp:
+      h = activation(cfg, Dense(cfg, cfg.d_ff, ("embed", "mlp"), self.in_std, name="wi_0")(x))
+      h = h * Dense(cfg, cfg.d_ff, ("embed", "mlp"), self.in_std, name="wi_1")(x)
+    else:
+      h = activation(cfg, Dense(cfg, cfg.d_ff, ("embed", "mlp"), self.in_std, name="wi")(x))
+    h = constrain(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return Dense(cfg, cfg.d_model, ("mlp", "embed"), self.out_std, name="wo")(h)
+
+
+class Embed(nn.Module):
+  """Token embedding; `attend` gives logits against the same table (tied output)."""
+  config: TransformerConfig
+  num_embeddings: int
+  axes: tuple = ("vocab", "embed")
+
+  def setup(self):
+    self.embedding = param(self, "embedding", normal(self.config.init_std),
+                           (self.num_embeddings, self.config.d_model), self.axes)
+
+  def __call__(self, ids):
+    return jnp.take(self.embedding, ids, axis=0).astype(dtype_of(self.config.dtype))
+
+  def attend(self, x):
+    return jnp.dot(x, self.embedding.astype(x.dtype).T)

@@ -1,0 +1,187 @@
+"""Model wrappers in the roles of t5x's BaseModel: what trainer, evaluator and decoder call.
+
+Batches use SeqIO feature-converter names. `decoder_input_tokens` are taken as given (the
+data pipeline shifts the targets), so any token sequence can be scored.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.models.config import TransformerConfig
+from jaxlm.models.transformer import Transformer
+
+Batch = Mapping[str, Any]
+Params = Any
+
+_MODEL_INPUTS = ("decoder_input_tokens", "encoder_input_tokens", "decoder_segment_ids",
+                 "decoder_positions", "decoder_causal_attention", "encoder_segment_ids",
+                 "encoder_positions")
+
+
+def cross_entropy(logits, targets, weights, z_loss: float = 0.0):
+  """Per-token negative log-likelihood, z-loss (PaLM) and correctness, all float32."""
+  logits = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = (lse - target_logit) * weights
+  zl = z_loss * jnp.square(lse) * weights
+  correct = (jnp.argmax(logits, -1) == targets) * weights
+  return nll, zl, correct
+
+
+class BaseModel:
+  """init / loss_fn / score_batch / decoding hooks around one Transformer module."""
+
+  def __init__(self, config: TransformerConfig):
+    self.config = config.validate()
+    self.module = Transformer(self.config)
+
+  # ---- parameters ----
+  def _inputs(self, batch: Batch) -> dict:
+    inputs = {k: jnp.asarray(batch[k]) for k in _MODEL_INPUTS if batch.get(k) is not None}
+    if self.config.arch != "encoder_decoder":
+      for k in ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions"):
+        inputs.pop(k, None)
+    elif "encoder_input_tokens" not in inputs:
+      raise KeyError("encoder_decoder batches need 'encoder_input_tokens'")
+    if self.config.arch != "prefix_decoder":
+      inputs.pop("decoder_causal_attention", None)
+    return inputs
+
+  def _init_variables(self, rng, batch: Batch):
+    return self.module.init({"params": rng}, **self._inputs(batch))
+
+  def init(self, rng, batch: Batch) -> Params:
+    """Parameters (param_dtype arrays, no axis metadata) for batches shaped like `batch`."""
+    return nn.unbox(jax.jit(self._init_variables)(rng, batch)["params"])
+
+  def logical_axes(self, batch: Batch):
+    """PartitionSpecs of logical axis names, in the same tree structure as the parameters."""
+    abstract = jax.eval_shape(self._init_variables, jax.random.key(0), batch)
+    return nn.get_partition_spec(abstract)["params"]
+
+  def param_shapes(self, batch: Optional[Batch] = None):
+    batch = batch or self.dummy_batch(1, 8)
+    return nn.unbox(jax.eval_shape(self._init_variables, jax.random.key(0), batch)["params"])
+
+  def dummy_batch(self, batch_size: int, length: int, encoder_length: Optional[int] = None) -> dict:
+    tokens = np.ones((batch_size, length), np.int32)
+    batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens,
+             "decoder_loss_weights": np.ones_like(tokens)}
+    if self.config.arch == "encoder_decoder":
+      batch["encoder_input_tokens"] = np.ones((batch_size, encoder_length or length), np.int32)
+    if self.config.arch == "prefix_decoder":
+      batch["decoder_causal_attention"] = np.zeros_like(tokens)
+    return batch
+
+  @staticmethod
+  def num_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * (matmul parameters, MoE counted as active) plus the
+    attention term 12 * layers * heads * head_dim * seq_len (PaLM appendix B)."""
+    cfg = self.config
+    n = 0.0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(self.param_shapes())[0]:
+      names = [getattr(p, "key", str(p)) for p in path]
+      size = float(np.prod(leaf.shape))
+      if "position_embedding" in names:
+        continue
+      if "token_embedding" in names:
+        size = size if cfg.tie_embeddings else 0.0  # a lookup, unless it is also the output layer
+      if "moe" in names and names[-1] != "router":
+        size *= cfg.experts_per_token / cfg.num_experts
+      n += size
+    layers = cfg.num_layers + (cfg.encoder_layers if cfg.arch == "encoder_decoder" else 0)
+    return 6.0 * n + 12.0 * layers * cfg.num_heads * cfg.dim_per_head * seq_len
+
+  # ---- forward, loss, scores ----
+  def apply(self, params, batch: Batch, rng=None):
+    """(float32 logits [b, t, vocab], moe aux loss); dropout is active iff rng is given."""
+    rngs = {"dropout": rng} if rng is not None else None
+    return self.module.apply({"params": params}, **self._inputs(batch), rngs=rngs,
+                             deterministic=rng is None)
+
+  def loss_fn(self, params, batch: Batch, rng=None, loss_normalizer=None):
+    """Mean weighted token cross-entropy (+ z-loss + MoE aux) and metrics.
+
+    loss_normalizer: divide summed token losses by this instead of this batch's weight
+    sum; pass the global batch's weight sum when accumulating microbatches.
+    """
+    logits, aux = self.apply(params, batch, rng)
+    targets = jnp.asarray(batch["decoder_target_tokens"])
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0) if weights is None else jnp.asarray(weights)
+    weights = weights.astype(jnp.float32)
+    nll, zl, correct = cross_entropy(logits, targets, weights, self.config.z_loss)
+    weight_sum = weights.sum()
+    normalizer = jnp.maximum(weight_sum, 1e-8) if loss_normalizer is None else loss_normalizer
+    aux = aux * (weight_sum / normalizer) if loss_normalizer is not None else aux
+    xent, z = nll.sum() / normalizer, zl.sum() / normalizer
+    loss = xent + z + aux
+    metrics = {"loss": loss, "cross_entropy": xent, "z_loss": z, "aux_loss": aux,
+               "weight_sum": weight_sum, "nll_sum": nll.sum(),
+               "accuracy": correct.sum() / jnp.maximum(weight_sum, 1e-8)}
+    return loss, metrics
+
+  def score_batch(self, params, batch: Batch):
+    """Per-example sum of target log-likelihoods, weighted by decoder_loss_weights: [b]."""
+    logits, _ = self.apply(params, batch)
+    targets = jnp.asarray(batch["decoder_target_tokens"])
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0) if weights is None else jnp.asarray(weights)
+    nll, _, _ = cross_entropy(logits, targets, weights.astype(jnp.float32))
+    return -nll.sum(-1)
+
+  # ---- decoding hooks (used by jaxlm.inference.decoding) ----
+  def init_cache(self, batch_size: int, max_length: int, encoder_length: Optional[int] = None):
+    """Zeroed KV cache for `max_length` decoder positions."""
+    batch = self.dummy_batch(batch_size, max_length, encoder_length)
+    fn = lambda: self.module.init({"params": jax.random.key(0)}, **self._inputs(batch), decode=True)
+    shapes = jax.eval_shape(fn)["cache"]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def prefill(self, params, cache, batch: Batch):
+    """Runs the prompt through the model, filling the cache. Prompts are left-padded:
+    decoder_segment_ids marks real tokens with 1 and padding with 0, decoder_positions
+    counts from 0 at each prompt's first real token. Returns (logits, cache)."""
+    (logits, _), state = self.module.apply({"params": params, "cache": cache}, **self._inputs(batch),
+                                           decode=True, mutable=["cache"])
+    return logits, state["cache"]
+
+  def decode_step(self, params, cache, tokens, positions):
+    """One decoding step for tokens [b, 1] at positions [b, 1]: (logits [b, 1, v], cache)."""
+    (logits, _), state = self.module.apply(
+        {"params": params, "cache": cache}, tokens, segments=jnp.ones_like(tokens),
+        positions=positions, decode=True, method=Transformer.decode, mutable=["cache"])
+    return logits, state["cache"]
+
+  def reorder_cache(self, cache, indices):
+    """Selects cache rows (beam search); scanned layers keep the batch on axis 1."""
+    def take(path, x):
+      if x.ndim == 0:
+        return x
+      scanned = any(getattr(p, "key", None) == "layers" for p in path)
+      return jnp.take(x, indices, axis=1 if scanned else 0)
+    return jax.tree_util.tree_map_with_path(take, cache)
+
+
+class DecoderOnlyModel(BaseModel):
+  """Causal and prefix decoders (decoder_causal_attention marks the bidirectional prefix)."""
+
+
+class EncoderDecoderModel(BaseModel):
+  """Encoder-decoder with cross-attention (T5)."""
+
+
+def build_model(config: TransformerConfig) -> BaseModel:
+  config.validate()
+  if config.arch == "encoder_decoder":
+    return EncoderDecoderModel(config)
+  return DecoderOnlyModel(config)

