@@ -59,7 +59,7 @@ class TransformerConfig:
   attention_kernel: str = "auto"          # "xla", "cudnn" (jax.nn.dot_product_attention), "auto"
   # Embeddings and output.
   tie_embeddings: bool = False
-  scale_tied_logits: bool = False         # multiply by d_model**-0.5 before a tied output (T5.1.0)
+  scale_decoder_outputs: bool = False     # multiply by d_model**-0.5 before the output layer (T5.1.0)
   scale_embeddings: bool = False          # multiply the embedding by sqrt(d_model)
   # Mixture of experts.
   num_experts: int = 0                    # 0: dense feed-forward everywhere
@@ -129,8 +129,6 @@ class TransformerConfig:
       raise ValueError(f"TransformerConfig.rope_scaling_factor={self.rope_scaling_factor} must be >= 1")
     if self.arch != "encoder_decoder" and self.num_encoder_layers is not None:
       raise ValueError(f"TransformerConfig.num_encoder_layers is set but arch={self.arch!r} has no encoder")
-    if self.scale_tied_logits and not self.tie_embeddings:
-      raise ValueError("TransformerConfig.scale_tied_logits=True needs tie_embeddings=True")
     if self.num_experts < 0 or self.num_experts == 1:
       raise ValueError(f"TransformerConfig.num_experts={self.num_experts}: use 0 (dense) or >= 2")
     if self.num_experts:

@@ -181,7 +181,11 @@ class EncoderDecoderModel(BaseModel):
 
 
 def build_model(config: TransformerConfig) -> BaseModel:
+  """The model wrapper for config.arch, after validating the config."""
   config.validate()
+  if config.attention_kernel == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(f"TransformerConfig.attention_kernel='cudnn' needs a GPU, but the backend is "
+                     f"{jax.default_backend()!r}; use 'auto' or 'xla'")
   if config.arch == "encoder_decoder":
     return EncoderDecoderModel(config)
   return DecoderOnlyModel(config)

@@ -225,9 +225,9 @@ class Transformer(nn.Module):
     x, aux = self.decoder(self._embed(tokens), segments=segments, positions=positions, prefix=prefix,
                           encoded=encoded, encoder_segments=encoder_segments, decode=decode,
                           deterministic=deterministic)
+    if cfg.scale_decoder_outputs:
+      x = x * jnp.asarray(cfg.d_model ** -0.5, x.dtype)
     if cfg.tie_embeddings:
-      if cfg.scale_tied_logits:
-        x = x * jnp.asarray(cfg.d_model ** -0.5, x.dtype)
       logits = self.token_embedding.attend(x)
     else:
       logits = jnp.dot(x, self.lm_head.astype(x.dtype))
