@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,8 +76,13 @@ def test_option_combination_runs_forward_and_backward(options):
     batch["encoder_input_tokens"] = rng.randint(1, 53, (2, 7)).astype(np.int32)
   if "decoder_causal_attention" in batch:
     batch["decoder_causal_attention"][:, :4] = 1
-  params = model.init(jax.random.key(0), batch)
-  (loss, metrics), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch)
+
+  @jax.jit  # one compilation for init + forward + backward keeps the suite fast
+  def init_and_grad(rng, batch):
+    params = model._init_variables(rng, batch)["params"]
+    return jax.value_and_grad(model.loss_fn, has_aux=True)(flax.linen.unbox(params), batch)
+
+  (loss, metrics), grads = init_and_grad(jax.random.key(0), batch)
   assert np.isfinite(float(loss)) and 2.0 < float(metrics["cross_entropy"]) < 8.0
   norms = [float(jnp.linalg.norm(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)]
   assert all(np.isfinite(norms)) and sum(norms) > 0

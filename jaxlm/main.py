@@ -1,0 +1,91 @@
+"""jaxlm's one entry point: `python -m jaxlm.main --gin_file=F [--gin.X=V ...]`.
+
+The gin files pick the job (`run.mode`) and configure everything it builds:
+  summary   build the model from TransformerConfig and print its parameter count and shapes
+  train     jaxlm.training.trainer.train (gin_configs/runs/pretrain.gin)
+Bindings: `--gin.TransformerConfig.d_model=128` or `--gin_bindings="X = V"`, t5x style.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import List, Sequence
+
+import gin
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Modules whose gin configurables a run file may name; each imports no TensorFlow at import time.
+CONFIGURABLE_MODULES = ("jaxlm.models", "jaxlm.training")
+
+
+def parse_flags(argv: Sequence[str]):
+  parser = argparse.ArgumentParser(prog="python -m jaxlm.main", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+  parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding 'X = V'")
+  parser.add_argument("--gin_search_paths", default=f".,{REPO_ROOT}")
+  args, rest = parser.parse_known_args(argv)
+  bindings = list(args.gin_bindings)
+  for item in rest:
+    if not item.startswith("--gin."):
+      parser.error(f"unrecognized argument {item!r}")
+    key, _, value = item[len("--gin."):].partition("=")
+    bindings.append(f"{key} = {value}")
+  return args, bindings
+
+
+def load_configurables():
+  for name in CONFIGURABLE_MODULES:
+    try:
+      importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      if e.name != name:
+        raise
+
+
+def parse_gin(gin_files: List[str], bindings: List[str], search_paths: str = f".,{REPO_ROOT}"):
+  """Parses the files and bindings; a binding that names nothing real fails here."""
+  load_configurables()
+  for path in search_paths.split(","):
+    gin.add_config_file_search_path(path)
+  gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
+
+
+def summary():
+  from jaxlm.models import TransformerConfig, build_model
+  import jax
+  model = build_model(TransformerConfig())
+  shapes = model.param_shapes()
+  flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  for path, leaf in flat:
+    print(f"{jax.tree_util.keystr(path):70s} {str(tuple(leaf.shape)):>20s}")
+  cfg = model.config
+  print(f"arch={cfg.arch} layers={cfg.num_layers} d_model={cfg.d_model} heads={cfg.num_heads}"
+        f"/{cfg.kv_heads} position={cfg.position}")
+  print(f"parameters: {model.num_params(shapes):,}")
+  print(f"training FLOPs/token at length {cfg.max_len}: {model.flops_per_token(cfg.max_len):.4g}")
+  return model.num_params(shapes)
+
+
+@gin.configurable
+def run(mode: str = "summary"):
+  if mode == "summary":
+    return summary()
+  if mode == "train":
+    from jaxlm.training.trainer import train
+    return train()
+  raise ValueError(f"run.mode={mode!r}: must be one of 'summary', 'train'")
+
+
+def main(argv: Sequence[str] = None):
+  args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+  if not args.gin_file and not bindings:
+    print("no --gin_file given; see --help", file=sys.stderr)
+  parse_gin(args.gin_file, bindings, args.gin_search_paths)
+  return run()
+
+
+if __name__ == "__main__":
+  main()
