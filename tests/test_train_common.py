@@ -1,0 +1,169 @@
+"""Shared setup of the jaxlm.training tests (no tests here), and a subprocess entry point.
+
+Every test trains the same tiny causal LM (2 layers, width 32, vocab 128, 8 x 16 tokens,
+AdamW, float32) so that compiled programs are shared through JAX's persistent
+compilation cache (a directory under the system temp dir, reused between runs).
+
+    python tests/test_train_common.py '{"model_dir": ..., "steps": 5, "mesh": [2, 2, 2], ...}'
+runs `run_tiny` in a fresh process (fake devices, jax.distributed) and writes its results
+to the "out" path as JSON (+ an .npz of the final parameters).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE_DIR = os.path.join(tempfile.gettempdir(), "jaxlm_test_jax_cache")
+TINY = dict(vocab_size=128, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_len=32,
+            dtype="float32", param_dtype="float32")
+BATCH, LENGTH = 8, 16
+
+
+def use_compilation_cache():
+  import jax
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+
+
+def tiny_config(**overrides):
+  from jaxlm.models import TransformerConfig
+  return TransformerConfig(**{**TINY, **overrides})
+
+
+def run_tiny(model_dir, steps, *, total_steps=30, mesh=(1, 1, 1), data=None, optimizer=None,
+             learning_rate=None, config=None, **train_kwargs):
+  """train() on the tiny LM; data: SyntheticData kwargs (feature_lengths defaults to 16)."""
+  from jaxlm.training import SyntheticData, adamw, make_mesh, train, warmup_cosine
+  use_compilation_cache()
+  data_kw = {"feature_lengths": {"targets": LENGTH}, **(data or {})}
+  slow = data_kw.pop("slow", 0.0)
+  data_fn = functools.partial(_SlowData, delay=slow, **data_kw) if slow else functools.partial(SyntheticData, **data_kw)
+  kwargs = dict(log_every=5, checkpoint_every=5, progress_bar=False, tensorboard=False)
+  kwargs.update(train_kwargs)
+  return train(model_dir=model_dir, train_steps=steps, batch_size=kwargs.pop("batch_size", BATCH),
+               config=config or tiny_config(), data_fn=data_fn, optimizer=optimizer or adamw,
+               learning_rate=learning_rate or warmup_cosine(peak_value=1e-2, warmup_steps=3,
+                                                            decay_steps=total_steps),
+               mesh_fn=functools.partial(make_mesh, data=mesh[0], fsdp=mesh[1], tensor=mesh[2]),
+               **kwargs)
+
+
+class _SlowData:
+  """SyntheticData that takes `delay` seconds per batch (to interrupt a run mid-way)."""
+
+  def __init__(self, delay, **kw):
+    from jaxlm.training import SyntheticData
+    self.inner, self.delay = SyntheticData(**kw), delay
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    time.sleep(self.delay)
+    return next(self.inner)
+
+  def state(self):
+    return self.inner.state()
+
+  def restore(self, state):
+    self.inner.restore(state)
+
+
+def losses(result):
+  return [h["loss"] for h in result.history]
+
+
+def flat_params(params) -> dict:
+  import jax
+  return {jax.tree_util.keystr(p): np.asarray(jax.device_get(x))
+          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def subprocess_env(devices: int) -> dict:
+  env = dict(os.environ)
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_COMPILATION_CACHE_DIR=CACHE_DIR, PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+             TF_CPP_MIN_LOG_LEVEL="3")
+  return env
+
+
+def start(spec: dict, devices: int = 1) -> subprocess.Popen:
+  """Starts `main(spec)` in a fresh python with `devices` fake CPU devices."""
+  return subprocess.Popen([sys.executable, os.path.abspath(__file__), json.dumps(spec)],
+                          env=subprocess_env(devices), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, f"subprocess failed (rc={proc.returncode}):\n{out[-4000:]}"
+  return out
+
+
+def last_step(model_dir):
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  lines = [json.loads(l) for l in open(path, encoding="utf-8") if l.strip().endswith("}")]
+  return lines[-1]["step"] if lines else 0
+
+
+def interrupt(plan, timeout=240):
+  """plan: [(proc, model_dir, step, signal)]: sends each signal as soon as its run has logged
+  `step` (log_every=1); returns the step each run had logged at that moment."""
+  seen, t0 = {}, time.time()
+  while len(seen) < len(plan):
+    assert time.time() - t0 < timeout, "runs too slow"
+    for i, (proc, model_dir, step, sig) in enumerate(plan):
+      if i in seen:
+        continue
+      assert proc.poll() is None, f"run {model_dir} ended before it could be interrupted"
+      logged = last_step(model_dir)
+      if logged >= step:
+        proc.send_signal(sig)
+        seen[i] = logged
+    time.sleep(0.02)
+  return [seen[i] for i in range(len(plan))]
+
+
+def main(spec: dict) -> None:
+  import jax
+  if "process_id" in spec:
+    jax.distributed.initialize(coordinator_address=f"localhost:{spec['port']}",
+                               num_processes=spec["num_processes"], process_id=spec["process_id"])
+  mesh = tuple(spec.get("mesh", (1, 1, 1)))
+  result = run_tiny(spec["model_dir"], spec["steps"], mesh=mesh, data=spec.get("data"),
+                    **spec.get("train", {}))
+  from jaxlm.training import partitioning
+  out = {"losses": losses(result), "events": result.events, "preempted": result.preempted,
+         "tokens_seen": result.tokens_seen, "devices": jax.device_count(),
+         "processes": jax.process_count(),
+         "shardings": partitioning.describe(jax.tree.map(lambda x: x.sharding, result.state.params)),
+         "local_shapes": {k: list(v.addressable_shards[0].data.shape) for k, v in
+                          ((jax.tree_util.keystr(p), x) for p, x in
+                           jax.tree_util.tree_flatten_with_path(result.state.params)[0])}}
+  from jax.experimental import multihost_utils
+  params = multihost_utils.process_allgather(result.state.params, tiled=True)  # whole arrays
+  if "out" in spec and jax.process_index() == 0:
+    with open(spec["out"], "w", encoding="utf-8") as f:
+      json.dump(out, f)
+    np.savez(spec["out"] + ".npz", **flat_params(params))
+
+
+if __name__ == "__main__":
+  main(json.loads(sys.argv[1]))
