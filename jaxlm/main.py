@@ -3,6 +3,10 @@
 The gin files pick the job (`run.mode`) and configure everything it builds:
   summary   build the model from TransformerConfig and print its parameter count and shapes
   train     jaxlm.training.trainer.train (gin_configs/runs/pretrain.gin)
+  infer     jaxlm.inference.infer.infer: prompts file -> checkpoint -> JSONL (runs/infer.gin)
+  eval      jaxlm.evaluation.evaluator.evaluate: SeqIO tasks -> metrics.json (runs/eval.gin)
+  quickstart  jaxlm.quickstart.quickstart: clean, tokenize, pretrain, evaluate, decode, report
+            (gin_configs/runs/quickstart.gin)
 Bindings: `--gin.TransformerConfig.d_model=128` or `--gin_bindings="X = V"`, t5x style.
 """
 from __future__ import annotations
@@ -17,7 +21,8 @@ import gin
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Modules whose gin configurables a run file may name; each imports no TensorFlow at import time.
-CONFIGURABLE_MODULES = ("jaxlm.models", "jaxlm.training")
+CONFIGURABLE_MODULES = ("jaxlm.models", "jaxlm.training", "jaxlm.inference",
+                        "jaxlm.evaluation.evaluator")
 
 
 def parse_flags(argv: Sequence[str]):
@@ -76,7 +81,16 @@ def run(mode: str = "summary"):
   if mode == "train":
     from jaxlm.training.trainer import train
     return train()
-  raise ValueError(f"run.mode={mode!r}: must be one of 'summary', 'train'")
+  if mode == "infer":
+    from jaxlm.inference.infer import infer
+    return infer()
+  if mode == "eval":
+    from jaxlm.evaluation.evaluator import evaluate
+    return evaluate()
+  if mode == "quickstart":
+    from jaxlm.quickstart import quickstart
+    return quickstart()
+  raise ValueError(f"run.mode={mode!r}: must be one of 'summary', 'train', 'infer', 'eval', 'quickstart'")
 
 
 def main(argv: Sequence[str] = None):

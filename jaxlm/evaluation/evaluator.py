@@ -10,6 +10,8 @@ Three ways in:
   Evaluator(model, names, ...).evaluate(params, step)   {task: {metric: value}}
   make_eval_fn(model, names, ...)(params, step)          {'task/metric': float}; build it
                                                          once, the trainer calls it
+  make_train_eval_fn                                     gin factory for `train.eval_fn`:
+                                                         periodic evaluation in training
   evaluate(...)                                          gin job `run.mode = 'eval'`
                                                          (gin_configs/runs/eval.gin)
 
@@ -178,6 +180,38 @@ def make_eval_fn(model, mixture_or_task_names: Names, feature_lengths: Optional[
   return eval_fn
 
 
+def task_names(mixture_or_task_names: Optional[Names] = None, task_modules: Sequence[str] = (),
+               suite_tasks: Optional[Mapping[str, Sequence]] = None, suite_vocabulary=None) -> list:
+  """The names to evaluate: imports task_modules (they register seqio tasks), registers
+  suite_tasks {name: (kind, path)} (jaxlm.evaluation.suites) and appends their names."""
+  for module in task_modules:
+    importlib.import_module(module)
+  names = mixture_or_task_names or []
+  names = [names] if isinstance(names, str) else list(names)
+  if suite_tasks:
+    from jaxlm.evaluation import suites  # pylint: disable=import-outside-toplevel
+    specs = {name: tuple(spec) for name, spec in suite_tasks.items()}
+    names += [n for n in suites.register_tasks(specs, suite_vocabulary) if n not in names]
+  if not names:
+    raise ValueError("nothing to evaluate: give mixture_or_task_names or suite_tasks")
+  return names
+
+
+@gin.configurable
+def make_train_eval_fn(model, mixture_or_task_names: Optional[Names] = None,
+                       feature_lengths: Optional[Mapping[str, int]] = None, task_modules: Sequence[str] = (),
+                       suite_tasks: Optional[Mapping[str, Sequence]] = None, suite_vocabulary=None,
+                       split: str = "validation", batch_size: int = 8, num_examples: Optional[int] = None,
+                       decoding: Optional[DecodeConfig] = None, log_dir: Optional[str] = None) -> Callable:
+  """`train.eval_fn = @make_train_eval_fn`: the trainer calls it once with its model, then
+  the result every `train.eval_every` steps as fn(params, step) -> {'task/metric': value}.
+  Arguments as evaluate's (log_dir: seqio's JSONL logs). seqio and TensorFlow are imported
+  here, when the trainer builds it, never by jaxlm.training itself."""
+  names = task_names(mixture_or_task_names, task_modules, suite_tasks, suite_vocabulary)
+  return make_eval_fn(model, names, feature_lengths, split=split, batch_size=batch_size,
+                      num_examples=num_examples, decoding=decoding, log_dir=log_dir)
+
+
 @gin.configurable
 def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Optional[str] = gin.REQUIRED,
              step: Optional[int] = None, feature_lengths: Optional[Mapping[str, int]] = None,
@@ -194,15 +228,7 @@ def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Option
   names are evaluated too. output_dir: metrics.json plus seqio's JSONL logs (predictions).
   params: evaluate these instead of restoring checkpoint_dir. Returns {'task/metric': value}.
   """
-  for module in task_modules:
-    importlib.import_module(module)
-  names = [mixture_or_task_names] if isinstance(mixture_or_task_names, str) else list(mixture_or_task_names or [])
-  if suite_tasks:
-    from jaxlm.evaluation import suites  # pylint: disable=import-outside-toplevel
-    specs = {name: tuple(spec) for name, spec in suite_tasks.items()}
-    names += [n for n in suites.register_tasks(specs, suite_vocabulary) if n not in names]
-  if not names:
-    raise ValueError("evaluate needs mixture_or_task_names or suite_tasks")
+  names = task_names(mixture_or_task_names, task_modules, suite_tasks, suite_vocabulary)
   model = build_model(config or TransformerConfig())
   if params is None:
     if checkpoint_dir is None:

@@ -24,6 +24,7 @@ import signal
 import threading
 from typing import Any, Optional
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -142,8 +143,10 @@ class Checkpointer:
     self.manager.close()
 
 
+@gin.configurable
 class PreemptionGuard:
-  """Turns SIGTERM into a stop request the train loop polls once per step.
+  """Turns SIGTERM (gin: `signals`, by name, e.g. ['SIGTERM', 'SIGINT'] to make Ctrl-C
+  checkpoint and stop too) into a stop request the train loop polls once per step.
 
   Single process: a Python SIGTERM handler sets a flag. Multi-host with JAX's preemption
   service (on by default with jax.distributed): JAX catches the notice on any host and
@@ -151,8 +154,9 @@ class PreemptionGuard:
   collective. Otherwise the hosts agree by an all-gather every `check_every` steps.
   Restores the previous handler on close."""
 
-  def __init__(self, signals=(signal.SIGTERM,), check_every: int = 10):
+  def __init__(self, signals=("SIGTERM",), check_every: int = 10):
     self.requested, self.check_every = False, check_every
+    signals = [getattr(signal, s) if isinstance(s, str) else s for s in signals]
     self._previous = {}
     self._jax_service = jax.process_count() > 1 and _jax_preemption_service()
     if not self._jax_service and threading.current_thread() is threading.main_thread():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import time
 from typing import Mapping, Optional, Sequence
@@ -85,10 +86,22 @@ def mean_of(records: Sequence[Mapping], keys: Sequence[str]) -> dict:
   return {k: float(sum(r[k] for r in finite) / len(finite)) for k in keys}
 
 
+def eval_record(step: int, results: Mapping) -> dict:
+  """{'step': step, 'eval/<task>/<metric>': float} of {'task/metric': value} results; values
+  that are not numbers (e.g. seqio Text) are left out."""
+  record = {"step": int(step)}
+  for name, value in results.items():
+    value = getattr(value, "value", value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+      record[f"eval/{name}"] = float(value)
+  return record
+
+
 class MetricsWriter:
   """Writes one record per logging step to MODEL_DIR/metrics.jsonl, TensorBoard event
-  files under MODEL_DIR/train, and a tqdm bar; events (resume, rollback, preemption) go
-  to MODEL_DIR/events.jsonl. Only process 0 writes; others no-op."""
+  files under MODEL_DIR/train (tags train/<key>, and eval/<task>/<metric> for evaluation
+  records), and a tqdm bar; events (resume, rollback, preemption) go to
+  MODEL_DIR/events.jsonl. Only process 0 writes; others no-op."""
 
   def __init__(self, model_dir: str, total_steps: int, initial_step: int = 0,
                tensorboard: bool = True, progress_bar: bool = True):
@@ -122,7 +135,7 @@ class MetricsWriter:
     if self.tb is not None:
       for k, v in record.items():
         if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-          self.tb.add_scalar(f"train/{k}", v, record["step"])
+          self.tb.add_scalar(k if k.startswith("eval/") else f"train/{k}", v, record["step"])
       self.tb.flush()
 
   def event(self, record: Mapping) -> None:

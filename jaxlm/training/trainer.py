@@ -6,9 +6,9 @@ Read top to bottom:
                    once per step shape with in/out shardings from the logical-axis rules.
   train            mesh -> data -> state (fresh or resumed) -> loop:
                      preemption? -> batch (k microbatches from the batch schedule) -> step
-                     -> spike? roll back : log, checkpoint
-                   and a final checkpoint. gin: `train.*`, run files bind the t5x macros
-                   MODEL_DIR, TRAIN_STEPS, BATCH_SIZE (and the data source's).
+                     -> spike? roll back : log, checkpoint, evaluate (train.eval_fn)
+                   and a final checkpoint and evaluation. gin: `train.*`, run files bind
+                   the t5x macros MODEL_DIR, TRAIN_STEPS, BATCH_SIZE (and the data source's).
 
 Batch sizes: the data source yields microbatches of BATCH_SIZE / num_microbatches rows
 (global; each host gets its rows). A step consumes k microbatches, k = num_microbatches or
@@ -106,6 +106,7 @@ class TrainResult:
   events: list        # resume / rollback / nonfinite / preempted records
   preempted: bool = False
   tokens_seen: int = 0
+  evals: list = dataclasses.field(default_factory=list)  # {'step', 'eval/<task>/<metric>': ...}
 
 
 def _meta(step, tokens_seen, batches, data, detector, rollbacks) -> dict:
@@ -131,6 +132,8 @@ def train(model_dir: str = gin.REQUIRED,
           keep_checkpoints: int = 3,
           async_checkpoints: bool = True,
           log_every: int = 100,
+          eval_fn: Optional[Callable] = None,
+          eval_every: int = 0,
           spike_detector: Optional[Callable[[], stability.LossSpikeDetector]] = stability.LossSpikeDetector,
           max_rollbacks: int = 5,
           rollback_margin: int = 0,
@@ -138,7 +141,12 @@ def train(model_dir: str = gin.REQUIRED,
           tensorboard: bool = True,
           progress_bar: bool = True) -> TrainResult:
   """Trains `config`'s model for `train_steps` steps, resuming from MODEL_DIR if it holds a
-  checkpoint. Returns the final state, the per-step history and the events."""
+  checkpoint. Returns the final state, the per-step history, the events and the evals.
+
+  eval_fn: a factory called once as eval_fn(model) -> fn(params, step) -> {'task/metric':
+  value}, e.g. `train.eval_fn = @make_train_eval_fn` (jaxlm.evaluation.evaluator, SeqIO
+  tasks); run every eval_every steps (0: never) and at the last step, logged to
+  metrics.jsonl and TensorBoard as 'eval/<task>/<metric>'."""
   partitioning.initialize_distributed()
   config = config if config is not None else TransformerConfig()
   model = build_model(config)
@@ -179,7 +187,7 @@ def train(model_dir: str = gin.REQUIRED,
   writer = metrics_lib.MetricsWriter(model_dir, train_steps, tensorboard=tensorboard,
                                      progress_bar=progress_bar)
   detector = spike_detector() if spike_detector else None
-  events, history = [], []
+  events, history, evals = [], [], []
 
   def event(**record):
     events.append(record)
@@ -215,6 +223,7 @@ def train(model_dir: str = gin.REQUIRED,
   length = example["decoder_target_tokens"].shape[-1]
   throughput = metrics_lib.Throughput(model.flops_per_token(length), mesh.devices.size,
                                       metrics_lib.peak_flops_per_device())
+  evaluate = eval_fn(model) if eval_fn is not None else None
 
   # ---- the loop ----
   guard = checkpointing.PreemptionGuard()
@@ -282,12 +291,15 @@ def train(model_dir: str = gin.REQUIRED,
       if step % checkpoint_every == 0 or step == train_steps:
         ckpt.save(step, state, _meta(step, tokens_seen, batches, data, detector, rollbacks),
                   force=step == train_steps)
+      if evaluate is not None and (step == train_steps or (eval_every and step % eval_every == 0)):
+        evals.append(metrics_lib.eval_record(step, evaluate(state.params, step)))
+        writer.write(evals[-1])
   finally:
     guard.close()
     ckpt.close()
     writer.close()
   return TrainResult(state=state, history=history, events=events, preempted=preempted,
-                     tokens_seen=tokens_seen)
+                     tokens_seen=tokens_seen, evals=evals)
 
 
 def _prepend(first, rest):
