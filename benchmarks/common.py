@@ -85,6 +85,7 @@ def environment() -> dict:
           "platform": jax.default_backend(), "device_kind": devices[0].device_kind,
           "device_count": len(devices), "process_count": jax.process_count(),
           "host": platform.platform(), "host_cpu_count": os.cpu_count(),
+          "host_load_average_1m": os.getloadavg()[0],  # other jobs on a shared host
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 

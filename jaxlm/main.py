@@ -53,9 +53,19 @@ def load_configurables():
 def parse_gin(gin_files: List[str], bindings: List[str], search_paths: str = f".,{REPO_ROOT}"):
   """Parses the files and bindings; a binding that names nothing real fails here."""
   load_configurables()
-  for path in search_paths.split(","):
+  paths = search_paths.split(",")
+  for path in paths:
     gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
+  gin.parse_config_files_and_bindings([find_gin_file(f, paths) for f in gin_files], bindings,
+                                      finalize_config=False)
+
+
+def find_gin_file(name: str, search_paths: Sequence[str]) -> str:
+  """`name` itself, else the first search path holding it (so runs work from any directory)."""
+  for candidate in [name] + [os.path.join(p, name) for p in search_paths if not os.path.isabs(name)]:
+    if os.path.exists(candidate):
+      return candidate
+  raise FileNotFoundError(f"--gin_file={name}: no such file here or in {', '.join(search_paths)}")
 
 
 def summary():

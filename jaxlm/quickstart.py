@@ -58,9 +58,9 @@ def _read_jsonl(path: str) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def _split(record: Dict[str, Any]) -> str:
+def _split(record: Dict[str, Any], validation_percent: int) -> str:
   key = str(record.get("id") or hashlib.sha1(record["text"].encode("utf-8")).hexdigest())
-  return sources_lib.split_of(key)
+  return sources_lib.split_of(key, validation_percent)
 
 
 def _documents(spec: str, limit: Optional[int]) -> List[Dict[str, Any]]:
@@ -69,7 +69,7 @@ def _documents(spec: str, limit: Optional[int]) -> List[Dict[str, Any]]:
 
 
 def prepare_corpus(data_dir: str, source_specs: Sequence[str], max_documents: Optional[int],
-                   reasoning_documents: int, seed: int) -> Dict[str, str]:
+                   reasoning_documents: int, seed: int, validation_percent: int = 5) -> Dict[str, str]:
   """Stage 1: cleaned train/validation JSONL per source plus generated reasoning documents.
   Returns {'train', 'validation', 'reasoning'} paths; skips the work if already done."""
   paths = {s: os.path.join(data_dir, f"{s}.jsonl") for s in ("train", "validation", "reasoning")}
@@ -85,9 +85,11 @@ def prepare_corpus(data_dir: str, source_specs: Sequence[str], max_documents: Op
     pipeline = clean.default_cleaning_pipeline(stages=stages)
     docs = _documents(spec, max_documents)
     for record in pipeline.run(docs):
-      splits[_split(record)].append({"text": record["text"], "source": spec})
+      splits[_split(record, validation_percent)].append({"text": record["text"], "source": spec})
     reports[spec] = pipeline.report()
     _say(f"\n{spec}: {len(docs)} documents in, {pipeline.docs_out} kept\n{pipeline.format_report()}")
+  if not splits["validation"] and len(splits["train"]) > 1:  # a small corpus still gets one
+    splits["validation"].append(splits["train"].pop())
   for split, records in splits.items():
     if not records:
       raise ValueError(f"no {split} documents left after cleaning {list(source_specs)}; "

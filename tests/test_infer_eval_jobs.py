@@ -171,5 +171,5 @@ def test_a_tiny_trained_model_answers_a_multiple_choice_task(tmp_path):
   model = build_model(tiny_config())
   untrained = model.init(jax.random.key(0), model.dummy_batch(1, 16))
   assert mc_accuracy(model, untrained, batch, golds) <= 0.5
-  result = run_tiny(str(tmp_path / "lm"), 150, total_steps=150, checkpoint_every=1000, log_every=50)
+  result = run_tiny(str(tmp_path / "lm"), 300, total_steps=300, checkpoint_every=1000, log_every=100)
   assert mc_accuracy(model, result.state.params, batch, golds) == 1.0
