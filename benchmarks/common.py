@@ -56,11 +56,13 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]):
 
 
 def default_name(prefix: str, gin_files: List[str], config, *parts: str) -> str:
-  """e.g. train_gpt2_small_b4_s256_scan_remat-dots_bfloat16."""
+  """e.g. train_gpt2_small_b4_s256_scan_remat-dots_bfloat16: the levers that differ from
+  the plain path (no scan, no remat, float32, attention_kernel 'auto')."""
   model = os.path.splitext(os.path.basename(gin_files[-1]))[0] if gin_files else "default"
   levers = (["scan"] if config.scan_layers else []) + (
       [f"remat-{config.remat_policy}"] if config.remat_policy != "none" else []) + (
       [config.dtype] if config.dtype != "float32" else []) + (
+      [f"params-{config.param_dtype}"] if config.param_dtype != "float32" else []) + (
       [config.attention_kernel] if config.attention_kernel != "auto" else [])
   return "_".join([prefix, model, *parts, *levers])
 

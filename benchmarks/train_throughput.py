@@ -132,7 +132,8 @@ def main(argv: Sequence[str] = None) -> dict:
   record.update(run(config, args))
   record["config"] = dataclasses.asdict(config)
   record["environment"] = common.environment()
-  name = args.name or common.default_name("train", gin_files, config, f"b{args.batch}", f"s{args.seq}")
+  parts = [f"b{args.batch}", f"s{args.seq}"] + ([f"mb{args.num_microbatches}"] if args.num_microbatches > 1 else [])
+  name = args.name or common.default_name("train", gin_files, config, *parts)
   common.write_result(record, name, args.out_dir)
   return record
 

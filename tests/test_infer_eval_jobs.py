@@ -100,9 +100,9 @@ def test_eval_mode_scores_a_local_multiple_choice_task(tmp_path):
   model = build_model(TransformerConfig(init_std=0.3))  # peaked, varied choice scores
   gin.clear_config()
   params = model.init(jax.random.key(3), model.dummy_batch(1, 8))
-  ckpt = str(tmp_path / "ckpt")
+  ckpt = tmp_path / "ckpt"  # the trainer's layout: MODEL_DIR/checkpoints/<step>/state
   with ocp.StandardCheckpointer() as c:
-    c.save(ckpt, params)
+    c.save(ckpt / "checkpoints" / "7" / "state", {"step": 7, "params": params, "opt_state": {"count": 7}})
   out_dir = tmp_path / "eval"
   name = "jaxlm_test_job_mc"
   got = main.main(["--gin_file=gin_configs/models/tiny_decoder.gin", "--gin_file=gin_configs/runs/eval.gin",
@@ -111,7 +111,7 @@ def test_eval_mode_scores_a_local_multiple_choice_task(tmp_path):
                    "--gin.BATCH_SIZE=4", *BYTE_MODEL])
   assert set(got) == {f"{name}/acc", f"{name}/acc_norm", f"{name}/ece"}
   saved = json.loads((out_dir / "metrics.json").read_text())
-  assert saved["metrics"] == pytest.approx(got)
+  assert saved["metrics"] == pytest.approx(got) and saved["step"] == 7
   # The seqio path agrees with suites' plain-Python rank classification on the same scores.
   examples = suites.load_multiple_choice(str(tmp_path / "toy_mc.jsonl"))
   want = suites.evaluate_multiple_choice(examples, mc_loglikelihood_fn(model, params))

@@ -91,15 +91,18 @@ def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[De
   return predict_fn
 
 
+# One jitted function for every score_fn (model static), so periodic evaluation compiles once.
+_score_batch = jax.jit(lambda model, params, batch: model.score_batch(params, batch), static_argnums=0)
+
+
 def make_score_fn(model, params, *, batch_size: int = 8):
   """seqio score_fn(ds) -> [(index, log p(targets | inputs))], by model.score_batch."""
-  score = jax.jit(model.score_batch)
 
   def score_fn(ds, model_feature_shapes=None):
     del model_feature_shapes
     out = []
     for indices, batch, n in iterate_batches(ds, batch_size):
-      values = np.asarray(score(params, batch))[:n]
+      values = np.asarray(_score_batch(model, params, batch))[:n]
       out += [(int(i), float(v)) for i, v in zip(indices, values)]
     return out
   return score_fn
@@ -180,8 +183,8 @@ def make_eval_fn(model, mixture_or_task_names: Names, feature_lengths: Optional[
   return eval_fn
 
 
-def task_names(mixture_or_task_names: Optional[Names] = None, task_modules: Sequence[str] = (),
-               suite_tasks: Optional[Mapping[str, Sequence]] = None, suite_vocabulary=None) -> list:
+def resolve_task_names(mixture_or_task_names: Optional[Names] = None, task_modules: Sequence[str] = (),
+                       suite_tasks: Optional[Mapping[str, Sequence]] = None, suite_vocabulary=None) -> list:
   """The names to evaluate: imports task_modules (they register seqio tasks), registers
   suite_tasks {name: (kind, path)} (jaxlm.evaluation.suites) and appends their names."""
   for module in task_modules:
@@ -207,7 +210,7 @@ def make_train_eval_fn(model, mixture_or_task_names: Optional[Names] = None,
   the result every `train.eval_every` steps as fn(params, step) -> {'task/metric': value}.
   Arguments as evaluate's (log_dir: seqio's JSONL logs). seqio and TensorFlow are imported
   here, when the trainer builds it, never by jaxlm.training itself."""
-  names = task_names(mixture_or_task_names, task_modules, suite_tasks, suite_vocabulary)
+  names = resolve_task_names(mixture_or_task_names, task_modules, suite_tasks, suite_vocabulary)
   return make_eval_fn(model, names, feature_lengths, split=split, batch_size=batch_size,
                       num_examples=num_examples, decoding=decoding, log_dir=log_dir)
 
@@ -225,16 +228,22 @@ def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Option
   task_modules: modules to import first (they register seqio tasks, e.g. 'jaxlm.data.tasks').
   suite_tasks: {name: (kind, path)} local benchmark files registered by
   jaxlm.evaluation.suites.register_tasks (vocabulary suite_vocabulary, default bytes); their
-  names are evaluated too. output_dir: metrics.json plus seqio's JSONL logs (predictions).
+  names are evaluated too. output_dir: metrics.json ({'step': the restored step, 'metrics':
+  {...}}) plus seqio's JSONL logs (predictions).
   params: evaluate these instead of restoring checkpoint_dir. Returns {'task/metric': value}.
   """
-  names = task_names(mixture_or_task_names, task_modules, suite_tasks, suite_vocabulary)
+  names = resolve_task_names(mixture_or_task_names, task_modules, suite_tasks, suite_vocabulary)
   model = build_model(config or TransformerConfig())
   if params is None:
     if checkpoint_dir is None:
       raise ValueError("evaluate needs checkpoint_dir (or params)")
-    from jaxlm.inference.infer import restore_params  # pylint: disable=import-outside-toplevel
+    from jaxlm.inference.infer import (  # pylint: disable=import-outside-toplevel
+        resolve_checkpoint, restore_params)
+    item, _ = resolve_checkpoint(checkpoint_dir, step)
     params = restore_params(checkpoint_dir, model.param_shapes(), step)
+    if step is None:  # the trainer's layout <step>/state: name the restored step in the logs
+      parent = os.path.basename(os.path.dirname(item))
+      step = int(parent) if os.path.basename(item) == "state" and parent.isdigit() else None
   if output_dir:
     os.makedirs(output_dir, exist_ok=True)
   evaluator = Evaluator(model, names, feature_lengths, split=split, batch_size=batch_size,
