@@ -114,6 +114,23 @@ def timed(fn, *args, **kwargs):
   return out, time.perf_counter() - start
 
 
+_COMPILE_SECONDS = [0.0]
+_LISTENING = [False]
+
+
+def compile_seconds() -> float:
+  """Seconds JAX has spent tracing, lowering and compiling in this process so far (from
+  jax.monitoring's /jax/core/compile/* events); take differences around a call."""
+  import jax
+  if not _LISTENING[0]:
+    def listen(name, seconds, **_):
+      if name.startswith("/jax/core/compile/"):
+        _COMPILE_SECONDS[0] += seconds
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    _LISTENING[0] = True
+  return _COMPILE_SECONDS[0]
+
+
 def summarize(seconds: Sequence[float]) -> dict:
   return {"mean_s": statistics.fmean(seconds), "min_s": min(seconds),
           "median_s": statistics.median(seconds), "count": len(seconds)}

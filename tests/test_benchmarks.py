@@ -78,8 +78,9 @@ def test_decode_throughput_end_to_end(tmp_path):
   assert name == "decode_tiny_decoder_p8_n4_b1-2-3.json"
   assert [r["batch"] for r in record["results"]] == [1, 2, 3]
   for r in record["results"]:
-    _positive(r, ("new_tokens_per_second", "ttft_s", "call_time_mean_s", "first_call_s", "peak_memory_bytes"))
+    _positive(r, ("new_tokens_per_second", "ttft_s", "call_time_mean_s", "first_call_s", "compile_s",
+                  "ttft_compile_s", "peak_memory_bytes"))
     assert r["new_tokens_per_second"] == pytest.approx(r["batch"] * 4 / r["call_time_mean_s"])
-    assert r["compile_s"] >= 0 and r["per_token_ms"] >= 0
+    assert r["per_token_ms"] >= 0
   assert record["method"] == "greedy" and record["new_tokens"] == 4 and record["num_params"] > 0
   _environment(record)
