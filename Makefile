@@ -21,7 +21,7 @@ test: install
 # Clean, tokenize, pretrain, evaluate, decode: runs/quickstart/report.md. ARGS adds gin
 # bindings, e.g. make quickstart ARGS="--gin.TRAIN_STEPS=100". Ctrl-C, then again: resumes.
 quickstart: install
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m jaxlm.main --gin_file=gin_configs/runs/quickstart.gin $(ARGS)
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m jaxlm.main --gin_file=gin_configs/runs/quickstart.gin $(ARGS)
 
 clean:
 	rm -rf $(VENV)

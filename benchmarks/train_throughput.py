@@ -31,15 +31,13 @@ from benchmarks import common
 
 def run(config, args) -> dict:
   import jax
-  import numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec as P
 
   from jaxlm.models import build_model
   from jaxlm.training import metrics as metrics_lib, partitioning
   from jaxlm.training.optimizers import adamw
   from jaxlm.training.synthetic_data import SyntheticData
   from jaxlm.training.train_state import create_train_state, mesh_context, state_shardings
-  from jaxlm.training.trainer import make_train_step
+  from jaxlm.training.trainer import jit_train_step, make_train_step
 
   if config.arch == "encoder_decoder":
     raise SystemExit("train_throughput: decoder and prefix_decoder configs only")
@@ -67,9 +65,7 @@ def run(config, args) -> dict:
   shardings, _ = state_shardings(model, tx, example, mesh, rules)
   state = create_train_state(model, tx, jax.random.key(args.seed), example, mesh, rules, shardings)
   step_fn = make_train_step(model, tx, args.learning_rate, shardings.params)
-  batch_shardings = {k: partitioning.batch_sharding(mesh, np.ndim(v) + 1) for k, v in example.items()}
-  train_step = jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
-                       out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
+  train_step = jit_train_step(step_fn, mesh, shardings, example)
 
   with mesh_context(mesh, rules):
     t0 = time.perf_counter()

@@ -92,6 +92,14 @@ def make_train_step(model, optimizer: optax.GradientTransformation, learning_rat
   return train_step
 
 
+def jit_train_step(step_fn, mesh, shardings, example: dict):
+  """The step jitted with the state's shardings (donated) and batches split over the data
+  axes; batch leaves gain a leading microbatch axis."""
+  batch_shardings = {k: partitioning.batch_sharding(mesh, np.ndim(v) + 1) for k, v in example.items()}
+  return jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
+                 out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
+
+
 def _update_count(state: TrainState):
   """Updates applied so far: the optimizer's own counter (skipped non-finite steps do not
   advance it, so the learning-rate schedule is keyed to it), else the step."""
@@ -216,10 +224,7 @@ def train(model_dir: str = gin.REQUIRED,
 
   # ---- the compiled step ----
   step_fn = make_train_step(model, tx, learning_rate, shardings.params, embedding_grad_shrink, seed)
-  replicated = NamedSharding(mesh, P())
-  batch_shardings = {k: partitioning.batch_sharding(mesh, np.ndim(v) + 1) for k, v in example.items()}
-  train_step = jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
-                       out_shardings=(shardings, replicated), donate_argnums=(0,))
+  train_step = jit_train_step(step_fn, mesh, shardings, example)
   length = example["decoder_target_tokens"].shape[-1]
   throughput = metrics_lib.Throughput(model.flops_per_token(length), mesh.devices.size,
                                       metrics_lib.peak_flops_per_device())
