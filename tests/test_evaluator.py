@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-seqio = pytest.importorskip("seqio")
-tf = pytest.importorskip("tensorflow")
+import seqio
+import tensorflow as tf
 
 from jaxlm.evaluation import evaluator as ev_lib, metrics  # noqa: E402
 from jaxlm.inference import ByteVocab, DecodeConfig, generate  # noqa: E402

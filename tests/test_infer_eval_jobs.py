@@ -93,7 +93,6 @@ def mc_loglikelihood_fn(model, params):
 
 
 def test_eval_mode_scores_a_local_multiple_choice_task(tmp_path):
-  pytest.importorskip("seqio")
   import orbax.checkpoint as ocp
   from jaxlm.evaluation import suites
   main.parse_gin(["gin_configs/models/tiny_decoder.gin"], ["TransformerConfig.vocab_size = 259"])
@@ -120,7 +119,6 @@ def test_eval_mode_scores_a_local_multiple_choice_task(tmp_path):
 
 
 def test_train_runs_periodic_evaluation(tmp_path):
-  pytest.importorskip("seqio")
   from jaxlm.evaluation.evaluator import make_eval_fn
   model_dir = tmp_path / "lm"
   name = "jaxlm_test_train_mc"

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 from jaxlm.models import build_model  # noqa: E402
 from jaxlm.models.convert import load_hf  # noqa: E402
