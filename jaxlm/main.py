@@ -84,23 +84,21 @@ def summary():
   return model.num_params(shapes)
 
 
+# run.mode -> (module, function) of the job; 'summary' is summary() above.
+JOBS = {"train": ("jaxlm.training.trainer", "train"),
+        "infer": ("jaxlm.inference.infer", "infer"),
+        "eval": ("jaxlm.evaluation.evaluator", "evaluate"),
+        "quickstart": ("jaxlm.quickstart", "quickstart")}
+
+
 @gin.configurable
 def run(mode: str = "summary"):
   if mode == "summary":
     return summary()
-  if mode == "train":
-    from jaxlm.training.trainer import train
-    return train()
-  if mode == "infer":
-    from jaxlm.inference.infer import infer
-    return infer()
-  if mode == "eval":
-    from jaxlm.evaluation.evaluator import evaluate
-    return evaluate()
-  if mode == "quickstart":
-    from jaxlm.quickstart import quickstart
-    return quickstart()
-  raise ValueError(f"run.mode={mode!r}: must be one of 'summary', 'train', 'infer', 'eval', 'quickstart'")
+  if mode not in JOBS:
+    raise ValueError(f"run.mode={mode!r}: must be one of {['summary', *JOBS]}")
+  module, function = JOBS[mode]
+  return getattr(importlib.import_module(module), function)()
 
 
 def main(argv: Sequence[str] = None):

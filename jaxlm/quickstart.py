@@ -18,6 +18,7 @@ Stages 1-2 are cached in MODEL_DIR/data/<hash of their settings>, so a rerun ski
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,7 +28,6 @@ from typing import Any, Dict, List, Optional, Sequence
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlm.data import clean, synthetic
 from jaxlm.data import sources as sources_lib
@@ -35,9 +35,11 @@ from jaxlm.data import tasks as tasks_lib
 from jaxlm.data import vocab as vocab_lib
 from jaxlm.evaluation import metrics as metrics_lib
 from jaxlm.evaluation import report as report_lib
-from jaxlm.inference import decoding
-from jaxlm.inference.infer import tokenize_prompts
+from jaxlm.evaluation.files import read_jsonl
+from jaxlm.inference.decoding import DecodeConfig
+from jaxlm.inference.infer import decode_texts
 from jaxlm.models import TransformerConfig, build_model
+from jaxlm.models.model import cross_entropy
 
 PROSE_STAGES = clean.STAGE_NAMES
 CODE_STAGES = ("exact_dedup", "near_dedup", "pii")  # prose filters would drop most code
@@ -51,11 +53,6 @@ def _say(text: str) -> None:
 
 def _write_jsonl(path: str, records) -> None:
   sources_lib.atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def _read_jsonl(path: str) -> List[Dict[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def _split(record: Dict[str, Any], validation_percent: int) -> str:
@@ -110,7 +107,7 @@ def prepare_vocabulary(data_dir: str, paths: Dict[str, str], vocab_size: int, se
     _say(f"[2/6] tokenizer {model_path} (cached)")
   else:
     _say(f"[2/6] training a SentencePiece tokenizer ({vocab_size} ids)")
-    texts = [r["text"] for p in (paths["train"], paths["reasoning"]) for r in _read_jsonl(p)]
+    texts = [r["text"] for p in (paths["train"], paths["reasoning"]) for r in sources_lib.read_jsonl(p)]
     vocab_lib.train_sentencepiece(texts, model_path, vocab_size=vocab_size, seed=seed)
   return vocab_lib.load_vocabulary(model_path)
 
@@ -127,34 +124,28 @@ def register_quickstart_mixture(name: str, paths: Dict[str, str], vocabulary, ob
   return name
 
 
-def _logprob_fn(model, params):
-  @jax.jit
-  def fn(inputs, targets):
-    logits, _ = model.apply(params, {"decoder_input_tokens": inputs, "decoder_target_tokens": targets})
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  return fn
+@functools.partial(jax.jit, static_argnums=0)
+def _token_logprobs(model, params, inputs, targets):
+  """log p(targets[i] | inputs[:i + 1]) per position: [b, t]."""
+  logits, _ = model.apply(params, {"decoder_input_tokens": inputs, "decoder_target_tokens": targets})
+  nll, _, _ = cross_entropy(logits, targets, jnp.ones(targets.shape, jnp.float32))
+  return -nll
 
 
 def held_out_perplexity(model, params, texts: Sequence[str], vocabulary, length: int, batch_size: int):
   """Perplexity, bits per byte and tokens scored of the texts (rolling windows of length)."""
-  out = metrics_lib.evaluate_perplexity(texts, vocabulary.encode, _logprob_fn(model, params), length,
+  out = metrics_lib.evaluate_perplexity(texts, vocabulary.encode,
+                                        functools.partial(_token_logprobs, model, params), length,
                                         prefix_token=0, batch_size=batch_size)
   return {k: out[k] for k in ("perplexity", "bits_per_byte", "num_tokens")}
 
 
 def _decode(model, params, vocabulary, prompts: Sequence[str], max_new_tokens: int, max_prompt: int,
             batch_size: int) -> List[str]:
-  outputs = []
-  for start in range(0, len(prompts), batch_size):
-    chunk = list(prompts[start:start + batch_size])
-    padded = chunk + [""] * (batch_size - len(chunk))  # one shape: one compilation
-    prompt, mask, _ = tokenize_prompts(model, vocabulary, padded, add_eos=False, max_prompt_length=max_prompt)
-    out = decoding.generate(model, params, prompt, mask, max_new_tokens=max_new_tokens, eos_id=1)
-    for row in np.asarray(out.tokens)[:len(chunk)]:
-      ids = [int(t) for t in row]
-      outputs.append(vocabulary.decode(ids[:ids.index(1)] if 1 in ids else ids))
-  return outputs
+  """Greedy continuations of the prompts, cut at EOS."""
+  rows = decode_texts(model, params, vocabulary, prompts, DecodeConfig(max_new_tokens=max_new_tokens),
+                      batch_size=batch_size, max_prompt_length=max_prompt)
+  return [r["output"] for r in rows]
 
 
 def reasoning_eval(model, params, vocabulary, num_problems: int, num_shots: int, max_prompt: int,
@@ -176,7 +167,7 @@ def loss_curve(model_dir: str) -> List[tuple]:
   path = os.path.join(model_dir, "metrics.jsonl")
   points = {}
   if os.path.exists(path):
-    for record in _read_jsonl(path):
+    for _, record in read_jsonl(path):
       if "loss" in record and "step" in record:
         points[int(record["step"])] = float(record["loss"])
   return sorted(points.items())
@@ -218,7 +209,7 @@ def quickstart(model_dir: str = gin.REQUIRED,
   model = build_model(config)
   params = result.state.params
   untrained = model.init(jax.random.key(seed), model.dummy_batch(1, sequence_length))
-  texts = [r["text"] for r in _read_jsonl(paths["validation"])[:eval_documents]]
+  texts = [r["text"] for r in sources_lib.read_jsonl(paths["validation"])][:eval_documents]
   texts = [" ".join(t.split(" ")[:eval_tokens_per_document]) for t in texts]  # bounded eval cost
   held_out = held_out_perplexity(model, params, texts, vocabulary, sequence_length, eval_batch_size)
   baseline = held_out_perplexity(model, untrained, texts, vocabulary, sequence_length, eval_batch_size)

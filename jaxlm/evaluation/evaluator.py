@@ -33,7 +33,7 @@ import gin
 import jax
 import numpy as np
 
-from jaxlm.inference.decoding import DecodeConfig, predict_batch_with_aux
+from jaxlm.inference.decoding import DecodeConfig, predict_batch_with_aux, until_eos
 from jaxlm.models import TransformerConfig, build_model
 
 Names = Union[str, Sequence[str]]
@@ -60,11 +60,6 @@ def iterate_batches(ds, batch_size: int):
     yield indices, batch, n
 
 
-def _trim(tokens, eos_id: Optional[int]) -> list:
-  tokens = [int(t) for t in tokens]
-  return tokens[:tokens.index(eos_id)] if eos_id is not None and eos_id in tokens else tokens
-
-
 def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[DecodeConfig] = None,
                     max_new_tokens: Union[int, Callable, None] = None, with_aux: bool = False):
   """seqio predict_fn(ds) -> [(index, tokens)] (with_aux: and {'scores': [...]}).
@@ -85,7 +80,7 @@ def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[De
       tokens, aux = predict_batch_with_aux(model, params, batch, max_new_tokens=n_new,
                                            rng=jax.random.fold_in(key, b), **kw)
       tokens, batch_scores = np.asarray(tokens)[:n], np.asarray(aux["scores"])[:n]
-      outputs += [(int(i), _trim(t, decoding.eos_id)) for i, t in zip(indices, tokens)]
+      outputs += [(int(i), until_eos(t, decoding.eos_id)) for i, t in zip(indices, tokens)]
       scores += [float(s) for s in batch_scores]
     return (outputs, {"scores": scores}) if with_aux else outputs
   return predict_fn

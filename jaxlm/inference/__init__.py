@@ -1,9 +1,11 @@
 """jaxlm.inference: the one decoder (greedy, sampling, beam search with a KV cache) and the
 `infer` job (prompts file -> checkpoint -> JSONL). Core only: no TensorFlow."""
 from jaxlm.inference.decoding import (DecodeConfig, DecodeOutput, brevity_penalty, filter_logits,
-                                      generate, predict_batch, predict_batch_with_aux, select_tokens)
-from jaxlm.inference.infer import ByteVocab, SentencePieceVocab, get_vocabulary, infer, restore_params
+                                      generate, predict_batch, predict_batch_with_aux, select_tokens,
+                                      until_eos)
+from jaxlm.inference.infer import (ByteVocab, SentencePieceVocab, decode_texts, get_vocabulary, infer,
+                                   restore_params)
 
 __all__ = ["DecodeConfig", "DecodeOutput", "brevity_penalty", "filter_logits", "generate",
-           "predict_batch", "predict_batch_with_aux", "select_tokens", "infer", "restore_params",
-           "ByteVocab", "SentencePieceVocab", "get_vocabulary"]
+           "predict_batch", "predict_batch_with_aux", "select_tokens", "until_eos", "decode_texts",
+           "infer", "restore_params", "ByteVocab", "SentencePieceVocab", "get_vocabulary"]

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxlm.inference.decoding import DecodeConfig, generate
+from jaxlm.inference.decoding import DecodeConfig, generate, until_eos
 from jaxlm.models import TransformerConfig, build_model
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -46,7 +46,7 @@ class ByteVocab:
     return [b + self.offset for b in text.encode("utf-8")]
 
   def decode(self, ids: Sequence[int]) -> str:
-    ids = _until_eos(ids, self.eos_id)
+    ids = until_eos(ids, self.eos_id)
     data = bytes(i - self.offset for i in ids if self.offset <= i < self.vocab_size)
     return data.decode("utf-8", errors="ignore")
 
@@ -65,13 +65,8 @@ class SentencePieceVocab:
     return list(self.sp.encode(text))
 
   def decode(self, ids: Sequence[int]) -> str:
-    ids = [int(i) for i in _until_eos(ids, self.eos_id) if 0 < int(i) < self.vocab_size]
+    ids = [i for i in until_eos(ids, self.eos_id) if 0 < int(i) < self.vocab_size]
     return self.sp.decode(ids)
-
-
-def _until_eos(ids, eos_id):
-  ids = [int(i) for i in ids]
-  return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
 def get_vocabulary(vocabulary: Union[str, Any]):
@@ -186,6 +181,41 @@ def tokenize_prompts(model, vocab, prompts: Sequence[str], *, add_eos: bool, max
   return tokens, (np.arange(width)[None] < lengths[:, None]).astype(np.int32), None
 
 
+def decode_texts(model, params, vocab, prompts: Sequence[str], decoding: Optional[DecodeConfig] = None, *,
+                 batch_size: int = 8, max_new_tokens: int = 64, max_prompt_length: Optional[int] = None,
+                 add_eos: Optional[bool] = None) -> List[dict]:
+  """Decodes text prompts in batches of batch_size (the last padded: one compilation).
+
+  decoding: DecodeConfig (its max_new_tokens, else max_new_tokens). add_eos: append EOS to
+  each prompt (default: True for encoder-decoders, as T5 inputs end with EOS; False for
+  decoders). Returns one row per prompt: 'prompt', the decoded 'output' (cut at EOS), its
+  'tokens', 'score' and 'logprob' (beam search: of the best hypothesis).
+  """
+  decoding = decoding or DecodeConfig()
+  add_eos = model.config.arch == "encoder_decoder" if add_eos is None else add_eos
+  n = decoding.max_new_tokens or max_new_tokens
+  kw = {k: v for k, v in dataclasses.asdict(decoding).items()
+        if k not in ("max_new_tokens", "seed", "prompt_bucket")}
+  key = jax.random.key(decoding.seed)
+  rows = []
+  for start in range(0, len(prompts), batch_size):
+    chunk = list(prompts[start:start + batch_size])
+    padded = chunk + [""] * (batch_size - len(chunk))  # one shape for every batch
+    prompt, mask, enc = tokenize_prompts(model, vocab, padded, add_eos=add_eos,
+                                         max_prompt_length=max_prompt_length,
+                                         bucket=decoding.prompt_bucket)
+    out = generate(model, params, prompt, mask, enc, max_new_tokens=n,
+                   rng=jax.random.fold_in(key, start), **kw)
+    tokens, scores, logprobs = (np.asarray(x) for x in (out.tokens, out.scores, out.logprobs))
+    if tokens.ndim == 3:  # beam search: the best hypothesis
+      tokens, scores, logprobs = tokens[:, 0], scores[:, 0], logprobs[:, 0]
+    for i, text in enumerate(chunk):
+      ids = until_eos(tokens[i], decoding.eos_id)
+      rows.append({"prompt": text, "output": vocab.decode(ids), "tokens": ids,
+                   "score": float(scores[i]), "logprob": float(logprobs[i])})
+  return rows
+
+
 @gin.configurable
 def infer(prompts_path: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
           checkpoint_dir: Optional[str] = gin.REQUIRED, step: Optional[int] = None,
@@ -202,7 +232,6 @@ def infer(prompts_path: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
   Returns the rows written.
   """
   model = build_model(config or TransformerConfig())
-  decoding = decoding or DecodeConfig()
   vocab = get_vocabulary(vocabulary)
   if getattr(vocab, "vocab_size", 0) > model.config.vocab_size:
     raise ValueError(f"the vocabulary has {vocab.vocab_size} ids but TransformerConfig.vocab_size="
@@ -211,29 +240,9 @@ def infer(prompts_path: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
     if checkpoint_dir is None:
       raise ValueError("infer needs checkpoint_dir (or params)")
     params = restore_params(checkpoint_dir, model.param_shapes(), step)
-  prompts = read_prompts(prompts_path)
-  add_eos = model.config.arch == "encoder_decoder" if add_eos is None else add_eos
-  n = decoding.max_new_tokens or default_max_new_tokens
-  kw = {k: v for k, v in dataclasses.asdict(decoding).items()
-        if k not in ("max_new_tokens", "seed", "prompt_bucket")}
-  key = jax.random.key(decoding.seed)
-  rows = []
-  for start in range(0, len(prompts), batch_size):
-    chunk = prompts[start:start + batch_size]
-    padded = list(chunk) + [""] * (batch_size - len(chunk))  # one shape for every batch
-    prompt, mask, enc = tokenize_prompts(model, vocab, padded, add_eos=add_eos,
-                                         max_prompt_length=max_prompt_length,
-                                         bucket=decoding.prompt_bucket)
-    out = generate(model, params, prompt, mask, enc, max_new_tokens=n,
-                   rng=jax.random.fold_in(key, start), **kw)
-    tokens, scores, logprobs = (np.asarray(x) for x in (out.tokens, out.scores, out.logprobs))
-    if tokens.ndim == 3:  # beam search: the best hypothesis
-      tokens, scores, logprobs = tokens[:, 0], scores[:, 0], logprobs[:, 0]
-    eos = decoding.eos_id
-    for i, text in enumerate(chunk):
-      ids = _until_eos(tokens[i], eos) if eos is not None else [int(t) for t in tokens[i]]
-      rows.append({"prompt": text, "output": vocab.decode(ids), "tokens": ids,
-                   "score": float(scores[i]), "logprob": float(logprobs[i])})
+  rows = decode_texts(model, params, vocab, read_prompts(prompts_path), decoding, batch_size=batch_size,
+                      max_new_tokens=default_max_new_tokens, max_prompt_length=max_prompt_length,
+                      add_eos=add_eos)
   if os.path.dirname(output_path):
     os.makedirs(os.path.dirname(output_path), exist_ok=True)
   with open(output_path, "w", encoding="utf-8") as f:
