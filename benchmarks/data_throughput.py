@@ -30,64 +30,64 @@ CONFIGS = [
 
 
 def _count(batch):
-    slots = sum(batch[k].size for k in ("decoder_target_tokens", "encoder_input_tokens") if k in batch)
-    real = int((batch["decoder_target_tokens"] != 0).sum())
-    if "encoder_input_tokens" in batch:
-        real += int((batch["encoder_input_tokens"] != 0).sum())
-    return slots, real
+  slots = sum(batch[k].size for k in ("decoder_target_tokens", "encoder_input_tokens") if k in batch)
+  real = int((batch["decoder_target_tokens"] != 0).sum())
+  if "encoder_input_tokens" in batch:
+    real += int((batch["encoder_input_tokens"] != 0).sum())
+  return slots, real
 
 
 def measure(task, converter, lengths, batch_size, groups):
-    from jaxlm.data.pipeline import DataPipeline  # pylint: disable=import-outside-toplevel
+  from jaxlm.data.pipeline import DataPipeline  # pylint: disable=import-outside-toplevel
 
-    start = time.perf_counter()
-    pipe = DataPipeline(task, lengths, batch_size=batch_size, feature_converter=converter, pack=True,
-                        seed=0, shard_index=0, num_shards=1)
+  start = time.perf_counter()
+  pipe = DataPipeline(task, lengths, batch_size=batch_size, feature_converter=converter, pack=True,
+                      seed=0, shard_index=0, num_shards=1)
+  next(pipe)
+  first = time.perf_counter() - start
+  group_batches = max(1, max(lengths.values()) // batch_size)
+  steps = groups * group_batches
+  for _ in range(group_batches):
     next(pipe)
-    first = time.perf_counter() - start
-    group_batches = max(1, max(lengths.values()) // batch_size)
-    steps = groups * group_batches
-    for _ in range(group_batches):
-        next(pipe)
-    slots = real = 0
-    start = time.perf_counter()
-    for _ in range(steps):
-        s, r = _count(next(pipe))
-        slots, real = slots + s, real + r
-    elapsed = time.perf_counter() - start
-    return {"task": task, "feature_converter": converter, "feature_lengths": lengths, "batch_size": batch_size,
-            "steps": steps, "first_batch_s": round(first, 2), "seconds": round(elapsed, 2),
-            "tokens_per_s": round(slots / elapsed), "nonpad_tokens_per_s": round(real / elapsed),
-            "padding_fraction": round(1 - real / slots, 4), "vocab_size": pipe.vocab_size}
+  slots = real = 0
+  start = time.perf_counter()
+  for _ in range(steps):
+    s, r = _count(next(pipe))
+    slots, real = slots + s, real + r
+  elapsed = time.perf_counter() - start
+  return {"task": task, "feature_converter": converter, "feature_lengths": lengths, "batch_size": batch_size,
+          "steps": steps, "first_batch_s": round(first, 2), "seconds": round(elapsed, 2),
+          "tokens_per_s": round(slots / elapsed), "nonpad_tokens_per_s": round(real / elapsed),
+          "padding_fraction": round(1 - real / slots, 4), "vocab_size": pipe.vocab_size}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--groups", type=int, default=4, help="packing groups timed per configuration")
-    parser.add_argument("--configs", default=",".join(c[0] for c in CONFIGS))
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                         "results", "data_throughput.json"))
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    wanted = set(args.configs.split(","))
-    results = {}
-    for name, task, converter, lengths, batch_size in CONFIGS:
-        if name in wanted:
-            results[name] = measure(task, converter, lengths, batch_size, args.groups)
-            print(name, json.dumps(results[name]), flush=True)
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--groups", type=int, default=4, help="packing groups timed per configuration")
+  parser.add_argument("--configs", default=",".join(c[0] for c in CONFIGS))
+  parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                       "results", "data_throughput.json"))
+  args = parser.parse_args(argv)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  wanted = set(args.configs.split(","))
+  results = {}
+  for name, task, converter, lengths, batch_size in CONFIGS:
+    if name in wanted:
+      results[name] = measure(task, converter, lengths, batch_size, args.groups)
+      print(name, json.dumps(results[name]), flush=True)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    report = {"benchmark": "data_throughput", "corpus": "embedded (Python stdlib prose + code)",
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-                          "tensorflow": tf.__version__},
-              "results": results}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(report, handle, indent=1)
-    print(json.dumps(report, indent=1))
-    return 0
+  report = {"benchmark": "data_throughput", "corpus": "embedded (Python stdlib prose + code)",
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
+                        "tensorflow": tf.__version__},
+            "results": results}
+  os.makedirs(os.path.dirname(args.output), exist_ok=True)
+  with open(args.output, "w") as handle:
+    json.dump(report, handle, indent=1)
+  print(json.dumps(report, indent=1))
+  return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+  sys.exit(main())

@@ -45,36 +45,36 @@ WORD_RE = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*", re.UNICODE)
 
 @dataclasses.dataclass
 class Result:
-    """What a stage did to one document: ``text`` None = dropped, for ``reason``."""
-    text: Optional[str]
-    reason: str = ""
-    edits: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  """What a stage did to one document: ``text`` None = dropped, for ``reason``."""
+  text: Optional[str]
+  reason: str = ""
+  edits: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 class Stage:
-    """A cleaning step. ``stateful`` stages (deduplication) depend on earlier documents."""
-    name = "stage"
-    stateful = False
+  """A cleaning step. ``stateful`` stages (deduplication) depend on earlier documents."""
+  name = "stage"
+  stateful = False
 
-    def process(self, text: str) -> Result:
-        raise NotImplementedError
+  def process(self, text: str) -> Result:
+    raise NotImplementedError
 
 
 class Filter(Stage):
-    """A stage that keeps or drops documents unchanged: implement :meth:`check`."""
+  """A stage that keeps or drops documents unchanged: implement :meth:`check`."""
 
-    def check(self, text: str) -> Optional[str]:
-        """The reason to drop ``text``, or None to keep it."""
-        raise NotImplementedError
+  def check(self, text: str) -> Optional[str]:
+    """The reason to drop ``text``, or None to keep it."""
+    raise NotImplementedError
 
-    def process(self, text: str) -> Result:
-        reason = self.check(text)
-        return Result(None, reason) if reason else Result(text)
+  def process(self, text: str) -> Result:
+    reason = self.check(text)
+    return Result(None, reason) if reason else Result(text)
 
 
 def words(text: str) -> list:
-    """Whitespace-separated words (the unit of Gopher's statistics)."""
-    return text.split()
+  """Whitespace-separated words (the unit of Gopher's statistics)."""
+  return text.split()
 
 
 # ----------------------------------------------------------------- language
@@ -106,10 +106,10 @@ _STOPWORDS_RAW = {
 
 
 def _stopword_weights() -> Dict[str, Dict[str, float]]:
-    """Per language, word -> 1/k where k is the number of languages listing the word."""
-    sets = {lang: set(ws.split()) for lang, ws in _STOPWORDS_RAW.items()}
-    counts = collections.Counter(w for s in sets.values() for w in s)
-    return {lang: {w: 1.0 / counts[w] for w in s} for lang, s in sets.items()}
+  """Per language, word -> 1/k where k is the number of languages listing the word."""
+  sets = {lang: set(ws.split()) for lang, ws in _STOPWORDS_RAW.items()}
+  counts = collections.Counter(w for s in sets.values() for w in s)
+  return {lang: {w: 1.0 / counts[w] for w in s} for lang, s in sets.items()}
 
 
 STOPWORDS = _stopword_weights()
@@ -118,54 +118,54 @@ _CODE_LINE_RE = re.compile(r"^(?:def|class|import|from|return|if|elif|else|for|w
 
 
 def language_scores(text: str) -> Dict[str, float]:
-    """Per language, the (weighted) share of the text's words that are its stopwords.
+  """Per language, the (weighted) share of the text's words that are its stopwords.
 
-    A word listed by k languages counts 1/k for each of them."""
-    tokens = [t.lower() for t in WORD_RE.findall(text)]
-    if not tokens:
-        return {lang: 0.0 for lang in STOPWORDS}
-    return {lang: sum(weights.get(t, 0.0) for t in tokens) / len(tokens) for lang, weights in STOPWORDS.items()}
+  A word listed by k languages counts 1/k for each of them."""
+  tokens = [t.lower() for t in WORD_RE.findall(text)]
+  if not tokens:
+    return {lang: 0.0 for lang in STOPWORDS}
+  return {lang: sum(weights.get(t, 0.0) for t in tokens) / len(tokens) for lang, weights in STOPWORDS.items()}
 
 
 def non_latin_fraction(text: str) -> float:
-    """Share of letters outside Latin script (CJK, Cyrillic, Arabic, ...)."""
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return 0.0
-    return sum(1 for c in letters if ord(c) > 0x024F) / len(letters)
+  """Share of letters outside Latin script (CJK, Cyrillic, Arabic, ...)."""
+  letters = [c for c in text if c.isalpha()]
+  if not letters:
+    return 0.0
+  return sum(1 for c in letters if ord(c) > 0x024F) / len(letters)
 
 
 def code_line_fraction(text: str) -> float:
-    """Share of non-empty lines that look like source code (keywords, '=', ':', braces)."""
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
-    return sum(bool(_CODE_LINE_RE.search(l)) for l in lines) / max(1, len(lines))
+  """Share of non-empty lines that look like source code (keywords, '=', ':', braces)."""
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  return sum(bool(_CODE_LINE_RE.search(l)) for l in lines) / max(1, len(lines))
 
 
 def detect_language(text: str, min_score: float = 0.15, max_non_latin: float = 0.3,
                     max_code_lines: float = 0.4) -> Tuple[str, float]:
-    """``(label, score)``: ``'code'`` when at least ``max_code_lines`` of the lines look
-    like code, ``'unknown'`` when the text is mostly non-Latin or no language reaches
-    ``min_score``, else the best-scoring language and its score."""
-    if code_line_fraction(text) >= max_code_lines:
-        return "code", 0.0
-    if non_latin_fraction(text) > max_non_latin:
-        return "unknown", 0.0
-    scores = language_scores(text)
-    lang = max(scores, key=scores.get)
-    return (lang, scores[lang]) if scores[lang] >= min_score else ("unknown", scores[lang])
+  """``(label, score)``: ``'code'`` when at least ``max_code_lines`` of the lines look
+  like code, ``'unknown'`` when the text is mostly non-Latin or no language reaches
+  ``min_score``, else the best-scoring language and its score."""
+  if code_line_fraction(text) >= max_code_lines:
+    return "code", 0.0
+  if non_latin_fraction(text) > max_non_latin:
+    return "unknown", 0.0
+  scores = language_scores(text)
+  lang = max(scores, key=scores.get)
+  return (lang, scores[lang]) if scores[lang] >= min_score else ("unknown", scores[lang])
 
 
 @gin.configurable
 class LanguageFilter(Filter):
-    """Keep documents detected as one of ``languages``."""
-    name = "language"
+  """Keep documents detected as one of ``languages``."""
+  name = "language"
 
-    def __init__(self, languages: Sequence[str] = ("en",), min_score: float = 0.15):
-        self.languages, self.min_score = tuple(languages), min_score
+  def __init__(self, languages: Sequence[str] = ("en",), min_score: float = 0.15):
+    self.languages, self.min_score = tuple(languages), min_score
 
-    def check(self, text):
-        lang, _ = detect_language(text, self.min_score)
-        return None if lang in self.languages else f"language={lang}"
+  def check(self, text):
+    lang, _ = detect_language(text, self.min_score)
+    return None if lang in self.languages else f"language={lang}"
 
 
 # ----------------------------------------------------------- Gopher quality
@@ -176,112 +176,112 @@ TERMINAL_PUNCTUATION = (".", "!", "?", '"', "'", "”", "’", ":", ";", ")")
 
 @gin.configurable
 class GopherQualityFilter(Filter):
-    """Gopher's document statistics plus the share of lines ending in punctuation."""
-    name = "quality"
+  """Gopher's document statistics plus the share of lines ending in punctuation."""
+  name = "quality"
 
-    def __init__(self, min_words: int = 50, max_words: int = 100_000, min_mean_word_length: float = 3.0,
-                 max_mean_word_length: float = 10.0, max_symbol_word_ratio: float = 0.1,
-                 max_bullet_line_fraction: float = 0.9, max_ellipsis_line_fraction: float = 0.3,
-                 min_alpha_word_fraction: float = 0.8, min_stopwords: int = 2,
-                 min_punctuated_line_fraction: float = 0.12):
-        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+  def __init__(self, min_words: int = 50, max_words: int = 100_000, min_mean_word_length: float = 3.0,
+               max_mean_word_length: float = 10.0, max_symbol_word_ratio: float = 0.1,
+               max_bullet_line_fraction: float = 0.9, max_ellipsis_line_fraction: float = 0.3,
+               min_alpha_word_fraction: float = 0.8, min_stopwords: int = 2,
+               min_punctuated_line_fraction: float = 0.12):
+    self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
 
-    def check(self, text):
-        ws = words(text)
-        n = len(ws)
-        if n < self.min_words:
-            return f"word_count<{self.min_words}"
-        if n > self.max_words:
-            return f"word_count>{self.max_words}"
-        mean_len = sum(len(w) for w in ws) / n
-        if not self.min_mean_word_length <= mean_len <= self.max_mean_word_length:
-            return "mean_word_length"
-        symbols = text.count("#") + text.count("...") + text.count("…")
-        if symbols / n > self.max_symbol_word_ratio:
-            return "symbol_word_ratio"
-        lines = [l.strip() for l in text.splitlines() if l.strip()]
-        if lines:
-            if sum(l.startswith(BULLETS) for l in lines) / len(lines) > self.max_bullet_line_fraction:
-                return "bullet_lines"
-            if sum(l.endswith(("...", "…")) for l in lines) / len(lines) > self.max_ellipsis_line_fraction:
-                return "ellipsis_lines"
-            if sum(l.endswith(TERMINAL_PUNCTUATION) for l in lines) / len(lines) < self.min_punctuated_line_fraction:
-                return "unpunctuated_lines"
-        if sum(any(c.isalpha() for c in w) for w in ws) / n < self.min_alpha_word_fraction:
-            return "alpha_words"
-        if len(GOPHER_STOPWORDS.intersection(w.lower() for w in ws)) < self.min_stopwords:
-            return "stopwords"
-        return None
+  def check(self, text):
+    ws = words(text)
+    n = len(ws)
+    if n < self.min_words:
+      return f"word_count<{self.min_words}"
+    if n > self.max_words:
+      return f"word_count>{self.max_words}"
+    mean_len = sum(len(w) for w in ws) / n
+    if not self.min_mean_word_length <= mean_len <= self.max_mean_word_length:
+      return "mean_word_length"
+    symbols = text.count("#") + text.count("...") + text.count("…")
+    if symbols / n > self.max_symbol_word_ratio:
+      return "symbol_word_ratio"
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    if lines:
+      if sum(l.startswith(BULLETS) for l in lines) / len(lines) > self.max_bullet_line_fraction:
+        return "bullet_lines"
+      if sum(l.endswith(("...", "…")) for l in lines) / len(lines) > self.max_ellipsis_line_fraction:
+        return "ellipsis_lines"
+      if sum(l.endswith(TERMINAL_PUNCTUATION) for l in lines) / len(lines) < self.min_punctuated_line_fraction:
+        return "unpunctuated_lines"
+    if sum(any(c.isalpha() for c in w) for w in ws) / n < self.min_alpha_word_fraction:
+      return "alpha_words"
+    if len(GOPHER_STOPWORDS.intersection(w.lower() for w in ws)) < self.min_stopwords:
+      return "stopwords"
+    return None
 
 
 # ------------------------------------------------------- Gopher repetition
 def _duplicate_fractions(parts: Sequence[str]) -> Tuple[float, float]:
-    """(share of parts that repeat an earlier one, share of characters in them)."""
-    if not parts:
-        return 0.0, 0.0
-    seen, dup_count, dup_chars = set(), 0, 0
-    for part in parts:
-        if part in seen:
-            dup_count += 1
-            dup_chars += len(part)
-        seen.add(part)
-    return dup_count / len(parts), dup_chars / max(1, sum(len(p) for p in parts))
+  """(share of parts that repeat an earlier one, share of characters in them)."""
+  if not parts:
+    return 0.0, 0.0
+  seen, dup_count, dup_chars = set(), 0, 0
+  for part in parts:
+    if part in seen:
+      dup_count += 1
+      dup_chars += len(part)
+    seen.add(part)
+  return dup_count / len(parts), dup_chars / max(1, sum(len(p) for p in parts))
 
 
 def top_ngram_char_fraction(ws: Sequence[str], n: int) -> float:
-    """Share of word characters inside the most frequent n-gram (if it repeats)."""
-    grams = collections.Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
-    if not grams:
-        return 0.0
-    gram, count = grams.most_common(1)[0]
-    if count < 2:
-        return 0.0
-    return count * sum(len(w) for w in gram) / max(1, sum(len(w) for w in ws))
+  """Share of word characters inside the most frequent n-gram (if it repeats)."""
+  grams = collections.Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
+  if not grams:
+    return 0.0
+  gram, count = grams.most_common(1)[0]
+  if count < 2:
+    return 0.0
+  return count * sum(len(w) for w in gram) / max(1, sum(len(w) for w in ws))
 
 
 def duplicate_ngram_char_fraction(ws: Sequence[str], n: int) -> float:
-    """Share of word characters covered by repeated occurrences of n-grams."""
-    seen, covered = set(), [False] * len(ws)
-    for i in range(len(ws) - n + 1):
-        gram = tuple(ws[i:i + n])
-        if gram in seen:
-            for j in range(i, i + n):
-                covered[j] = True
-        seen.add(gram)
-    total = sum(len(w) for w in ws)
-    return sum(len(w) for w, c in zip(ws, covered) if c) / max(1, total)
+  """Share of word characters covered by repeated occurrences of n-grams."""
+  seen, covered = set(), [False] * len(ws)
+  for i in range(len(ws) - n + 1):
+    gram = tuple(ws[i:i + n])
+    if gram in seen:
+      for j in range(i, i + n):
+        covered[j] = True
+    seen.add(gram)
+  total = sum(len(w) for w in ws)
+  return sum(len(w) for w, c in zip(ws, covered) if c) / max(1, total)
 
 
 @gin.configurable
 class RepetitionFilter(Filter):
-    """Gopher's repetition removal (Rae et al. 2021, Table A1)."""
-    name = "repetition"
+  """Gopher's repetition removal (Rae et al. 2021, Table A1)."""
+  name = "repetition"
 
-    def __init__(self, max_duplicate_line_fraction: float = 0.30, max_duplicate_paragraph_fraction: float = 0.30,
-                 max_duplicate_line_char_fraction: float = 0.20, max_duplicate_paragraph_char_fraction: float = 0.20,
-                 top_ngram_limits: Mapping[int, float] = None, duplicate_ngram_limits: Mapping[int, float] = None):
-        self.line_limits = (max_duplicate_line_fraction, max_duplicate_line_char_fraction)
-        self.paragraph_limits = (max_duplicate_paragraph_fraction, max_duplicate_paragraph_char_fraction)
-        self.top_ngram_limits = dict(top_ngram_limits or {2: 0.20, 3: 0.18, 4: 0.16})
-        self.duplicate_ngram_limits = dict(duplicate_ngram_limits or {
-            5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
+  def __init__(self, max_duplicate_line_fraction: float = 0.30, max_duplicate_paragraph_fraction: float = 0.30,
+               max_duplicate_line_char_fraction: float = 0.20, max_duplicate_paragraph_char_fraction: float = 0.20,
+               top_ngram_limits: Mapping[int, float] = None, duplicate_ngram_limits: Mapping[int, float] = None):
+    self.line_limits = (max_duplicate_line_fraction, max_duplicate_line_char_fraction)
+    self.paragraph_limits = (max_duplicate_paragraph_fraction, max_duplicate_paragraph_char_fraction)
+    self.top_ngram_limits = dict(top_ngram_limits or {2: 0.20, 3: 0.18, 4: 0.16})
+    self.duplicate_ngram_limits = dict(duplicate_ngram_limits or {
+        5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
 
-    def check(self, text):
-        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-        frac, chars = _duplicate_fractions(paragraphs)
-        if frac > self.paragraph_limits[0] or chars > self.paragraph_limits[1]:
-            return "duplicate_paragraphs"
-        frac, chars = _duplicate_fractions([l.strip() for l in text.splitlines() if l.strip()])
-        if frac > self.line_limits[0] or chars > self.line_limits[1]:
-            return "duplicate_lines"
-        ws = [w.lower() for w in words(text)]
-        for n, limit in sorted(self.top_ngram_limits.items()):
-            if top_ngram_char_fraction(ws, n) > limit:
-                return f"top_{n}gram"
-        for n, limit in sorted(self.duplicate_ngram_limits.items()):
-            if duplicate_ngram_char_fraction(ws, n) > limit:
-                return f"duplicate_{n}grams"
-        return None
+  def check(self, text):
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    frac, chars = _duplicate_fractions(paragraphs)
+    if frac > self.paragraph_limits[0] or chars > self.paragraph_limits[1]:
+      return "duplicate_paragraphs"
+    frac, chars = _duplicate_fractions([l.strip() for l in text.splitlines() if l.strip()])
+    if frac > self.line_limits[0] or chars > self.line_limits[1]:
+      return "duplicate_lines"
+    ws = [w.lower() for w in words(text)]
+    for n, limit in sorted(self.top_ngram_limits.items()):
+      if top_ngram_char_fraction(ws, n) > limit:
+        return f"top_{n}gram"
+    for n, limit in sorted(self.duplicate_ngram_limits.items()):
+      if duplicate_ngram_char_fraction(ws, n) > limit:
+        return f"duplicate_{n}grams"
+    return None
 
 
 # ------------------------------------------------------------------ keywords
@@ -295,167 +295,167 @@ BOILERPLATE = ("lorem ipsum", "javascript is disabled", "enable javascript", "us
 
 @gin.configurable
 class KeywordFilter(Filter):
-    """Drop HTML, boilerplate-heavy pages and documents that hit the block list."""
-    name = "keywords"
+  """Drop HTML, boilerplate-heavy pages and documents that hit the block list."""
+  name = "keywords"
 
-    def __init__(self, blocklist: Sequence[str] = (), blocklist_file: Optional[str] = None,
-                 max_html_tag_ratio: float = 0.02, max_boilerplate_line_fraction: float = 0.2,
-                 max_blocklist_hits: int = 0):
-        terms = [t.strip().lower() for t in blocklist if t.strip()]
-        if blocklist_file:
-            with open(blocklist_file, encoding="utf-8") as handle:
-                terms += [l.strip().lower() for l in handle if l.strip() and not l.startswith("#")]
-        self.blocklist_re = (re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(set(terms)))) + r")(?!\w)",
-                                        re.IGNORECASE) if terms else None)
-        self.max_html_tag_ratio = max_html_tag_ratio
-        self.max_boilerplate_line_fraction = max_boilerplate_line_fraction
-        self.max_blocklist_hits = max_blocklist_hits
+  def __init__(self, blocklist: Sequence[str] = (), blocklist_file: Optional[str] = None,
+               max_html_tag_ratio: float = 0.02, max_boilerplate_line_fraction: float = 0.2,
+               max_blocklist_hits: int = 0):
+    terms = [t.strip().lower() for t in blocklist if t.strip()]
+    if blocklist_file:
+      with open(blocklist_file, encoding="utf-8") as handle:
+        terms += [l.strip().lower() for l in handle if l.strip() and not l.startswith("#")]
+    self.blocklist_re = (re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(set(terms)))) + r")(?!\w)",
+                                    re.IGNORECASE) if terms else None)
+    self.max_html_tag_ratio = max_html_tag_ratio
+    self.max_boilerplate_line_fraction = max_boilerplate_line_fraction
+    self.max_blocklist_hits = max_blocklist_hits
 
-    def check(self, text):
-        lower = text.lower()
-        n_words = max(1, len(words(text)))
-        if HTML_MARKERS_RE.search(text) or len(HTML_TAG_RE.findall(text)) / n_words > self.max_html_tag_ratio:
-            return "html"
-        if "lorem ipsum" in lower:
-            return "lorem_ipsum"
-        lines = [l for l in lower.splitlines() if l.strip()]
-        if lines and sum(any(b in l for b in BOILERPLATE) for l in lines) / len(lines) > self.max_boilerplate_line_fraction:
-            return "boilerplate"
-        if self.blocklist_re is not None and len(self.blocklist_re.findall(text)) > self.max_blocklist_hits:
-            return "blocklist"
-        return None
+  def check(self, text):
+    lower = text.lower()
+    n_words = max(1, len(words(text)))
+    if HTML_MARKERS_RE.search(text) or len(HTML_TAG_RE.findall(text)) / n_words > self.max_html_tag_ratio:
+      return "html"
+    if "lorem ipsum" in lower:
+      return "lorem_ipsum"
+    lines = [l for l in lower.splitlines() if l.strip()]
+    if lines and sum(any(b in l for b in BOILERPLATE) for l in lines) / len(lines) > self.max_boilerplate_line_fraction:
+      return "boilerplate"
+    if self.blocklist_re is not None and len(self.blocklist_re.findall(text)) > self.max_blocklist_hits:
+      return "blocklist"
+    return None
 
 
 # ---------------------------------------------------------------- perplexity
 class CharNgramLM:
-    """Character n-gram language model with interpolated Witten-Bell smoothing.
+  """Character n-gram language model with interpolated Witten-Bell smoothing.
 
-    ``CharNgramLM(order).fit(texts)``; ``lm(text)`` is the total natural-log probability
-    of ``text`` (each character given up to ``order - 1`` previous ones), the interface
-    :class:`PerplexityFilter` expects.
-    """
+  ``CharNgramLM(order).fit(texts)``; ``lm(text)`` is the total natural-log probability
+  of ``text`` (each character given up to ``order - 1`` previous ones), the interface
+  :class:`PerplexityFilter` expects.
+  """
 
-    def __init__(self, order: int = 5):
-        self.order = order
-        self.counts: Dict[str, int] = collections.Counter()     # context + char
-        self.totals: Dict[str, int] = collections.Counter()     # context
-        self.types: Dict[str, int] = collections.Counter()      # distinct chars after context
-        self.alphabet = 1
+  def __init__(self, order: int = 5):
+    self.order = order
+    self.counts: Dict[str, int] = collections.Counter()     # context + char
+    self.totals: Dict[str, int] = collections.Counter()     # context
+    self.types: Dict[str, int] = collections.Counter()      # distinct chars after context
+    self.alphabet = 1
 
-    def fit(self, texts: Iterable[str], max_chars: int = 1_000_000) -> "CharNgramLM":
-        """Count n-grams of up to ``max_chars`` characters of ``texts``."""
-        seen = 0
-        for text in texts:
-            text = text[: max_chars - seen]
-            padded = "\x02" * (self.order - 1) + text
-            start = self.order - 1
-            for k in range(self.order):
-                self.counts.update(padded[i - k: i + 1] for i in range(start, len(padded)))
-            seen += len(text)
-            if seen >= max_chars:
-                break
-        self.totals, self.types = collections.Counter(), collections.Counter()
-        for gram, count in self.counts.items():
-            self.totals[gram[:-1]] += count
-            self.types[gram[:-1]] += 1
-        self.alphabet = self.types[""] + 1  # +1: unseen characters
-        return self
+  def fit(self, texts: Iterable[str], max_chars: int = 1_000_000) -> "CharNgramLM":
+    """Count n-grams of up to ``max_chars`` characters of ``texts``."""
+    seen = 0
+    for text in texts:
+      text = text[: max_chars - seen]
+      padded = "\x02" * (self.order - 1) + text
+      start = self.order - 1
+      for k in range(self.order):
+        self.counts.update(padded[i - k: i + 1] for i in range(start, len(padded)))
+      seen += len(text)
+      if seen >= max_chars:
+        break
+    self.totals, self.types = collections.Counter(), collections.Counter()
+    for gram, count in self.counts.items():
+      self.totals[gram[:-1]] += count
+      self.types[gram[:-1]] += 1
+    self.alphabet = self.types[""] + 1  # +1: unseen characters
+    return self
 
-    def char_logprob(self, context: str, char: str) -> float:
-        prob = 1.0 / self.alphabet
-        for k in range(0, self.order):
-            ctx = context[len(context) - k:] if k else ""
-            total = self.totals.get(ctx, 0)
-            if total == 0:
-                break
-            types = self.types[ctx]
-            prob = (self.counts.get(ctx + char, 0) + types * prob) / (total + types)
-        return math.log(prob)
+  def char_logprob(self, context: str, char: str) -> float:
+    prob = 1.0 / self.alphabet
+    for k in range(0, self.order):
+      ctx = context[len(context) - k:] if k else ""
+      total = self.totals.get(ctx, 0)
+      if total == 0:
+        break
+      types = self.types[ctx]
+      prob = (self.counts.get(ctx + char, 0) + types * prob) / (total + types)
+    return math.log(prob)
 
-    def __call__(self, text: str) -> float:
-        padded = "\x02" * (self.order - 1) + text
-        return sum(self.char_logprob(padded[i - self.order + 1: i], padded[i])
-                   for i in range(self.order - 1, len(padded)))
+  def __call__(self, text: str) -> float:
+    padded = "\x02" * (self.order - 1) + text
+    return sum(self.char_logprob(padded[i - self.order + 1: i], padded[i])
+               for i in range(self.order - 1, len(padded)))
 
 
 _REFERENCE_LM: Dict[Tuple[str, int], CharNgramLM] = {}
 
 
 def reference_lm(source: str = "embedded_prose", order: int = 5) -> CharNgramLM:
-    """A :class:`CharNgramLM` trained on a source's 'train' split (memoized)."""
-    if (source, order) not in _REFERENCE_LM:
-        from jaxlm.data import sources  # pylint: disable=import-outside-toplevel
+  """A :class:`CharNgramLM` trained on a source's 'train' split (memoized)."""
+  if (source, order) not in _REFERENCE_LM:
+    from jaxlm.data import sources  # pylint: disable=import-outside-toplevel
 
-        texts = (d["text"] for d in sources.iter_documents(source, split="train"))
-        _REFERENCE_LM[(source, order)] = CharNgramLM(order).fit(texts)
-    return _REFERENCE_LM[(source, order)]
+    texts = (d["text"] for d in sources.iter_documents(source, split="train"))
+    _REFERENCE_LM[(source, order)] = CharNgramLM(order).fit(texts)
+  return _REFERENCE_LM[(source, order)]
 
 
 def perplexity(text: str, scorer: Callable[[str], float], units: Callable[[str], int] = len) -> float:
-    """exp(-log p(text) / units(text)): per character by default."""
-    return math.exp(-scorer(text) / max(1, units(text)))
+  """exp(-log p(text) / units(text)): per character by default."""
+  return math.exp(-scorer(text) / max(1, units(text)))
 
 
 @gin.configurable
 class PerplexityFilter(Filter):
-    """Keep documents whose perplexity under ``scorer`` lies in [min, max].
+  """Keep documents whose perplexity under ``scorer`` lies in [min, max].
 
-    ``scorer(text)`` returns the total natural-log probability; ``units(text)`` counts
-    what the perplexity is per (characters by default; tokens for a subword model).
-    """
-    name = "perplexity"
+  ``scorer(text)`` returns the total natural-log probability; ``units(text)`` counts
+  what the perplexity is per (characters by default; tokens for a subword model).
+  """
+  name = "perplexity"
 
-    def __init__(self, scorer: Optional[Callable[[str], float]] = None, max_perplexity: float = 30.0,
-                 min_perplexity: Optional[float] = None, units: Callable[[str], int] = len,
-                 max_scored_chars: int = 20_000):
-        self._scorer = scorer
-        self.max_perplexity, self.min_perplexity = max_perplexity, min_perplexity
-        self.units, self.max_scored_chars = units, max_scored_chars
+  def __init__(self, scorer: Optional[Callable[[str], float]] = None, max_perplexity: float = 30.0,
+               min_perplexity: Optional[float] = None, units: Callable[[str], int] = len,
+               max_scored_chars: int = 20_000):
+    self._scorer = scorer
+    self.max_perplexity, self.min_perplexity = max_perplexity, min_perplexity
+    self.units, self.max_scored_chars = units, max_scored_chars
 
-    @property
-    def scorer(self) -> Callable[[str], float]:
-        if self._scorer is None:
-            self._scorer = reference_lm()
-        return self._scorer
+  @property
+  def scorer(self) -> Callable[[str], float]:
+    if self._scorer is None:
+      self._scorer = reference_lm()
+    return self._scorer
 
-    def check(self, text):
-        if not text.strip():
-            return "empty"
-        ppl = perplexity(text[: self.max_scored_chars], self.scorer, self.units)
-        if ppl > self.max_perplexity:
-            return "perplexity_high"
-        if self.min_perplexity is not None and ppl < self.min_perplexity:
-            return "perplexity_low"
-        return None
+  def check(self, text):
+    if not text.strip():
+      return "empty"
+    ppl = perplexity(text[: self.max_scored_chars], self.scorer, self.units)
+    if ppl > self.max_perplexity:
+      return "perplexity_high"
+    if self.min_perplexity is not None and ppl < self.min_perplexity:
+      return "perplexity_low"
+    return None
 
 
 # ---------------------------------------------------------------- SeqIO glue
 def seqio_preprocessor(stage: Stage, text_key: str = "text"):
-    """A SeqIO preprocessor that runs a stateless ``stage`` on ``example[text_key]``.
+  """A SeqIO preprocessor that runs a stateless ``stage`` on ``example[text_key]``.
 
-    Dropped documents are filtered out; edited text replaces the original. Stateful
-    stages (deduplication) are refused: a SeqIO task repeats its data every epoch, so
-    they belong to the offline ``python -m jaxlm.data.clean`` run.
-    """
-    if stage.stateful:
-        raise ValueError(f"stage {stage.name!r} is stateful; run it offline with python -m jaxlm.data.clean")
+  Dropped documents are filtered out; edited text replaces the original. Stateful
+  stages (deduplication) are refused: a SeqIO task repeats its data every epoch, so
+  they belong to the offline ``python -m jaxlm.data.clean`` run.
+  """
+  if stage.stateful:
+    raise ValueError(f"stage {stage.name!r} is stateful; run it offline with python -m jaxlm.data.clean")
 
-    def preprocess(dataset):
-        import numpy as np  # pylint: disable=import-outside-toplevel
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  def preprocess(dataset):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-        def run(raw):
-            result = stage.process(raw.decode("utf-8", errors="replace"))
-            return np.array((result.text or "").encode("utf-8"), dtype=object), np.bool_(result.text is not None)
+    def run(raw):
+      result = stage.process(raw.decode("utf-8", errors="replace"))
+      return np.array((result.text or "").encode("utf-8"), dtype=object), np.bool_(result.text is not None)
 
-        def apply(ex):
-            text, keep = tf.numpy_function(run, [ex[text_key]], (tf.string, tf.bool), stateful=False)
-            text.set_shape([])
-            keep.set_shape([])
-            return {**ex, text_key: text, "_keep": keep}
+    def apply(ex):
+      text, keep = tf.numpy_function(run, [ex[text_key]], (tf.string, tf.bool), stateful=False)
+      text.set_shape([])
+      keep.set_shape([])
+      return {**ex, text_key: text, "_keep": keep}
 
-        ds = dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE).filter(lambda ex: ex["_keep"])
-        return ds.map(lambda ex: {k: v for k, v in ex.items() if k != "_keep"})
+    ds = dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE).filter(lambda ex: ex["_keep"])
+    return ds.map(lambda ex: {k: v for k, v in ex.items() if k != "_keep"})
 
-    preprocess.__name__ = f"clean_{stage.name}"
-    return preprocess
+  preprocess.__name__ = f"clean_{stage.name}"
+  return preprocess

