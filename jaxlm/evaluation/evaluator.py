@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxlm.inference.decoding import DecodeConfig, predict_batch_with_aux, until_eos
 from jaxlm.models import TransformerConfig, build_model
+from jaxlm.training.checkpointing import resolve_checkpoint, restore_params
 
 Names = Union[str, Sequence[str]]
 
@@ -232,8 +233,6 @@ def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Option
   if params is None:
     if checkpoint_dir is None:
       raise ValueError("evaluate needs checkpoint_dir (or params)")
-    from jaxlm.inference.infer import (  # pylint: disable=import-outside-toplevel
-        resolve_checkpoint, restore_params)
     item, _ = resolve_checkpoint(checkpoint_dir, step)
     params = restore_params(checkpoint_dir, model.param_shapes(), step)
     if step is None:  # the trainer's layout <step>/state: name the restored step in the logs

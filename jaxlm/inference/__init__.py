@@ -3,9 +3,8 @@
 from jaxlm.inference.decoding import (DecodeConfig, DecodeOutput, brevity_penalty, filter_logits,
                                       generate, predict_batch, predict_batch_with_aux, select_tokens,
                                       until_eos)
-from jaxlm.inference.infer import (ByteVocab, SentencePieceVocab, decode_texts, get_vocabulary, infer,
-                                   restore_params)
+from jaxlm.inference.infer import ByteVocab, SentencePieceVocab, decode_texts, get_vocabulary, infer
 
 __all__ = ["DecodeConfig", "DecodeOutput", "brevity_penalty", "filter_logits", "generate",
            "predict_batch", "predict_batch_with_aux", "select_tokens", "until_eos", "decode_texts",
-           "infer", "restore_params", "ByteVocab", "SentencePieceVocab", "get_vocabulary"]
+           "infer", "ByteVocab", "SentencePieceVocab", "get_vocabulary"]

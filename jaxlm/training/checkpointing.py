@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -189,3 +190,65 @@ def _jax_preemption_service() -> bool:
     return distributed.global_state.preemption_sync_manager is not None
   except Exception:  # pylint: disable=broad-except
     return False
+
+
+# ---- reading parameters (infer, eval, train.init_from) ----
+def _is_step_dir(name: str) -> bool:
+  return re.fullmatch(r"\d+", name) is not None
+
+
+def resolve_checkpoint(path: str, step: Optional[int] = None) -> tuple[str, bool]:
+  """(orbax item directory, whether params are its 'params' subtree) for any supported layout."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = sorted(int(n) for n in os.listdir(path) if _is_step_dir(n) and os.path.isdir(os.path.join(path, n)))
+  if steps:
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise FileNotFoundError(f"no step {step} in {path}; have {steps}")
+    path = os.path.join(path, str(step))
+  elif step is not None:
+    raise FileNotFoundError(f"step={step} given but {path} has no step directories")
+  if os.path.isdir(os.path.join(path, "state")):
+    return os.path.join(path, "state"), True
+  if os.path.isdir(os.path.join(path, "params")):
+    return os.path.join(path, "params"), False
+  return path, False
+
+
+def restore_params(path: str, abstract_params=None, step: Optional[int] = None):
+  """Parameters from a checkpoint: the trainer's MODEL_DIR (MODEL_DIR/checkpoints/<step>/state,
+  a TrainState; only its 'params' are read), its checkpoints/ or <step>/ directory, a
+  directory with a 'params' item, or a parameter tree saved with orbax's
+  StandardCheckpointer.
+
+  abstract_params (e.g. model.param_shapes()) fixes the tree, shapes and dtypes; without
+  it the tree is restored as saved.
+  """
+  item, in_state = resolve_checkpoint(path, step)
+  checkpointer = ocp.PyTreeCheckpointer()
+  if not in_state:  # a bare params tree; it may also be a TrainState-like tree with 'params'
+    tree = checkpointer.metadata(item).item_metadata
+    tree = getattr(tree, "tree", tree)
+    in_state = isinstance(tree, dict) and "params" in tree and "opt_state" in tree
+  if abstract_params is None:
+    restored = checkpointer.restore(item)
+    return restored["params"] if in_state else restored
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
+  if in_state:
+    args = ocp.args.PyTreeRestore(item={"params": abstract_params}, restore_args={"params": restore_args},
+                                  partial_restore=True)
+    params = checkpointer.restore(item, args=args)["params"]
+  else:
+    params = checkpointer.restore(item, args=ocp.args.PyTreeRestore(item=abstract_params,
+                                                                    restore_args=restore_args))
+  for (path_, got), want in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                jax.tree.leaves(abstract_params)):
+    if tuple(got.shape) != tuple(want.shape):
+      raise ValueError(f"checkpoint {item}: {jax.tree_util.keystr(path_)} has shape {got.shape}, the "
+                       f"model expects {want.shape}; is the gin model config the one trained?")
+  return jax.tree.map(lambda x, a: jax.numpy.asarray(x, a.dtype), params, abstract_params)

@@ -115,6 +115,7 @@ class TrainResult:
   preempted: bool = False
   tokens_seen: int = 0
   evals: list = dataclasses.field(default_factory=list)  # {'step', 'eval/<task>/<metric>': ...}
+  model: Any = None   # the model wrapper train() built (score, decode or evaluate with it)
 
 
 def _meta(step, tokens_seen, batches, data, detector, rollbacks) -> dict:
@@ -304,7 +305,7 @@ def train(model_dir: str = gin.REQUIRED,
     ckpt.close()
     writer.close()
   return TrainResult(state=state, history=history, events=events, preempted=preempted,
-                     tokens_seen=tokens_seen, evals=evals)
+                     tokens_seen=tokens_seen, evals=evals, model=model)
 
 
 def _prepend(first, rest):
