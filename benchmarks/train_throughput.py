@@ -5,11 +5,11 @@
       [--scan | --no-scan] [--remat dots] [--dtype bfloat16] [--attention_kernel cudnn] \\
       [--peak_flops 989e12] [--gin.TransformerConfig.X=V ...] [--out_dir DIR --name NAME]
 
-It builds what jaxlm.training.trainer.train builds, from the same functions: the model
-from TransformerConfig (gin), adamw (gin-configurable), a mesh over all devices with the
-logical-axis rules, the TrainState created in its shards (train_state.state_shardings,
-create_train_state), and trainer.make_train_step jitted with the trainer's in/out
-shardings and state donation. It feeds uniform random tokens (SyntheticData
+It gets its step where jaxlm.training.trainer.train does, from
+train_step.build_train_step: the model from TransformerConfig (gin), adamw
+(gin-configurable), a mesh over all devices with the logical-axis rules, the TrainState
+created in its shards, and the step jitted with the trainer's in/out shardings and state
+donation. It feeds uniform random tokens (SyntheticData
 kind='random'), all made and put on device before the clock starts, so no input pipeline
 is timed.
 
@@ -32,12 +32,11 @@ from benchmarks import common
 def run(config, args) -> dict:
   import jax
 
-  from jaxlm.models import build_model
   from jaxlm.training import metrics as metrics_lib, partitioning
   from jaxlm.training.optimizers import adamw
-  from jaxlm.training.synthetic_data import SyntheticData
-  from jaxlm.training.train_state import create_train_state, mesh_context, state_shardings
-  from jaxlm.training.trainer import jit_train_step, make_train_step
+  from jaxlm.training.toy_data import SyntheticData
+  from jaxlm.training.train_state import mesh_context
+  from jaxlm.training.train_step import build_train_step
 
   if config.arch == "encoder_decoder":
     raise SystemExit("train_throughput: decoder and prefix_decoder configs only")
@@ -45,10 +44,7 @@ def run(config, args) -> dict:
     raise SystemExit(f"--seq {args.seq} exceeds TransformerConfig.max_len={config.max_len}")
   if args.batch % args.num_microbatches:
     raise SystemExit(f"--batch {args.batch} is not divisible by --num_microbatches {args.num_microbatches}")
-  model = build_model(config)
-  tx = adamw(learning_rate=args.learning_rate)
   mesh = partitioning.make_mesh()
-  rules = partitioning.logical_axis_rules()
   micro = args.batch // args.num_microbatches
   partitioning.check_batch(mesh, micro, what="microbatch")
 
@@ -58,21 +54,20 @@ def run(config, args) -> dict:
                        num_shards=micro // (stop - start), feature_lengths={"targets": args.seq},
                        vocab_size=config.vocab_size, kind="random", seed=args.seed)
   host = [[next(data) for _ in range(args.num_microbatches)] for _ in range(args.warmup + args.steps)]
-  example = host[0][0]
   batches = [partitioning.global_batch(mesh, mbs) for mbs in host]
 
-  # ---- state and the jitted step, as trainer.train makes them ----
-  shardings, _ = state_shardings(model, tx, example, mesh, rules)
-  state = create_train_state(model, tx, jax.random.key(args.seed), example, mesh, rules, shardings)
-  step_fn = make_train_step(model, tx, args.learning_rate, shardings.params)
-  train_step = jit_train_step(step_fn, mesh, shardings, example)
+  # ---- state and the jitted step: the trainer's own builder ----
+  setup = build_train_step(config, adamw(learning_rate=args.learning_rate), host[0][0],
+                           learning_rate=args.learning_rate, mesh=mesh, seed=args.seed)
+  model = setup.model
+  state = setup.init_state(jax.random.key(args.seed))
 
-  with mesh_context(mesh, rules):
-    t0 = time.perf_counter()
-    lowered = train_step.lower(state, batches[0])
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
+  t0 = time.perf_counter()
+  lowered = setup.lower(args.num_microbatches)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  with mesh_context(setup.mesh, setup.rules):
     losses, seconds = [], []
     for batch in batches:
       (state, m), dt = common.timed(compiled, state, batch)

@@ -1,20 +1,21 @@
 """The fast path (scan over layers + remat) trains like the plain path: the loss curves agree
-over 200 steps on CPU in float32.
+over 60 steps on CPU in float32.
 
 Both runs start from the same parameters (the plain init, stacked for the scan by
 convert.stack_layers), see the same batches (SyntheticData 'arithmetic', 8 x 32 tokens) and
-use the trainer's own make_train_step with adamw (lr 3e-3, constant). The curves fall from
-4.85 to 0.39, so they are compared where the model is learning, not at a plateau.
+use the trainer's own step (build_train_step) with adamw (lr 3e-3, constant). The curves
+fall from 4.85 to 1.19 in 60 steps, so they are compared where the model is learning, not
+at a plateau.
 
 Measured (jax 0.10.2, 2-core x86 CPU): remat alone is bit-identical to the plain path; the
-scan over layers reassociates a few float32 sums, giving max |loss difference| 7e-7 over
-the first 50 steps, 1.8e-6 over all 200, 6e-7 at the last step, and at most 2.2e-6 on any
-parameter after 200 steps (largest parameter 1.46). The bounds below are ~15-50x those:
-room for another CPU or XLA version, still far below what a real mismatch gives: the
-scanned layers stacked in reverse order differ by 2e-3 at the first step, 3e-2 by the fourth.
+scan over layers reassociates a few float32 sums, giving max |loss difference| 4.8e-7 over
+the 60 steps, 1.2e-7 at the last step, and at most 2.4e-7 on any parameter (an earlier
+200-step run: 1.8e-6 and 2.2e-6). The bounds below are ~20-400x those: room for another
+CPU or XLA version, still far below what a real mismatch gives: the scanned layers stacked
+in reverse order differ by 2e-3 at the first step, 3e-2 by the fourth.
 
-bfloat16 compute on the same fast path is not exact but follows the float32 curve: 0.3%
-largest relative difference over the first 50 steps, final loss 0.42 vs 0.39.
+bfloat16 compute on the same fast path is not exact but follows the float32 curve: 0.34%
+largest relative difference over the first 50 steps, last-20-step mean 1.512 vs 1.512.
 """
 import jax
 import jax.numpy as jnp
@@ -23,12 +24,9 @@ import pytest
 
 from jaxlm.models import TransformerConfig, build_model
 from jaxlm.models.convert import stack_layers
-from jaxlm.training.optimizers import adamw
-from jaxlm.training.synthetic_data import SyntheticData
-from jaxlm.training.train_state import TrainState
-from jaxlm.training.trainer import make_train_step
+from jaxlm.training import SyntheticData, adamw, build_train_step
 
-STEPS, LR = 200, 3e-3
+STEPS, LR = 60, 3e-3
 PLAIN = TransformerConfig(arch="decoder", vocab_size=128, d_model=64, num_layers=3, num_heads=4,
                           num_kv_heads=2, d_ff=128, max_len=64, position="rope", norm_type="rmsnorm",
                           mlp_activation="swiglu", scan_layers=False, remat_policy="none")
@@ -42,14 +40,12 @@ def _batches():
 
 def _train(config, params, batches):
   """Per-step losses and final parameters (numpy) of the trainer's step on these batches."""
-  model = build_model(config)
-  tx = adamw(learning_rate=LR)
-  params = jax.tree.map(jnp.asarray, params)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  step = jax.jit(make_train_step(model, tx, LR), donate_argnums=(0,))
+  setup = build_train_step(config, adamw(learning_rate=LR), {k: v[0] for k, v in batches[0].items()},
+                           learning_rate=LR)
+  state = setup.init_state(params=params)
   losses = []
   for batch in batches:
-    state, metrics = step(state, batch)
+    state, metrics = setup.step(state, batch)
     losses.append(metrics["loss"])
   return np.asarray(jax.device_get(losses)), jax.device_get(state.params)
 
@@ -81,7 +77,7 @@ def test_fast_path_really_scans_and_remats():
 def test_fast_path_loss_curve_matches_plain_float32(plain_run):
   batches, init, plain_losses, plain_params = plain_run
   fast_losses, fast_params = _train(FAST, stack_layers(init, FAST), batches)
-  assert plain_losses[-1] < 0.2 * plain_losses[0]  # both curves are learning curves
+  assert plain_losses[-1] < 0.3 * plain_losses[0]  # both curves are learning curves (measured 0.24)
   diff = np.abs(fast_losses - plain_losses)
   assert diff[:50].max() < 1e-5, diff[:50].max()
   assert diff.max() < 1e-4, (diff.max(), int(diff.argmax()))
@@ -94,10 +90,10 @@ def test_fast_path_loss_curve_matches_plain_float32(plain_run):
 
 def test_bfloat16_fast_path_tracks_float32(plain_run):
   """Not exact (bf16 matmul inputs), but close early and learning as well at the end:
-  measured 0.3% largest relative difference over 50 steps, final 0.42 vs 0.39."""
+  measured 0.34% largest relative difference over 50 steps, last 20 steps 1.512 vs 1.512."""
   batches, init, plain_losses, _ = plain_run
   config = FAST.replace(dtype="bfloat16")
   losses, _ = _train(config, stack_layers(init, config), batches)
   rel = np.abs(losses - plain_losses) / plain_losses
   assert rel[:50].max() < 0.02, rel[:50].max()
-  assert losses[-20:].mean() < 1.3 * plain_losses[-20:].mean(), (losses[-20:].mean(), plain_losses[-20:].mean())
+  assert losses[-20:].mean() < 1.1 * plain_losses[-20:].mean(), (losses[-20:].mean(), plain_losses[-20:].mean())

@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from test_train_common import run_tiny, tiny_config
+from train_helpers import run_tiny, tiny_config
 from jaxlm import main
 from jaxlm.evaluation import metrics
-from jaxlm.inference import ByteVocab, generate
+from jaxlm.inference import ByteVocab, DecodeConfig, generate
 from jaxlm.models import TransformerConfig, build_model
 
 VOCAB = ByteVocab()
@@ -68,8 +68,8 @@ def test_infer_mode_decodes_the_trainers_checkpoint(tmp_path):
   for i, p in enumerate(prompts):
     tokens[i, 1:1 + len(p)] = VOCAB.encode(p)  # BOS (0) + bytes
   mask = (np.arange(width)[None] <= np.array([len(p) for p in prompts])[:, None]).astype(np.int32)
-  want = np.asarray(generate(model, jax.device_get(trained.state.params), tokens, mask, max_new_tokens=6,
-                             eos_id=None).tokens)
+  want = np.asarray(generate(model, jax.device_get(trained.state.params), tokens, mask,
+                             config=DecodeConfig(max_new_tokens=6, eos_id=None)).tokens)
   assert [r["tokens"] for r in rows] == want.tolist()
   assert [r["output"] for r in rows] == [VOCAB.decode(t) for t in want]
 

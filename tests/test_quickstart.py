@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 
-from test_train_common import ROOT, interrupt, subprocess_env
+from train_helpers import ROOT, interrupt, subprocess_env
 
 SHORT = ["--gin.TRAIN_STEPS=40", "--gin.quickstart.max_documents_per_source=120",
          "--gin.quickstart.reasoning_documents=100", "--gin.quickstart.eval_documents=8",

@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import pytest
 
-from test_train_common import finish, flat_params, interrupt, losses, run_tiny, start
+from train_helpers import finish, flat_params, interrupt, losses, run_tiny, start
 
 
 def _assert_same_params(a, b):

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from test_train_common import BATCH, LENGTH, ROOT, flat_params, losses, run_tiny, tiny_config, use_compilation_cache
+from train_helpers import BATCH, LENGTH, ROOT, flat_params, losses, run_tiny, tiny_config, use_compilation_cache
 from jaxlm.models import build_model
-from jaxlm.training import SyntheticData, batch_ramp, sgd, make_mesh, make_train_step, metrics, train
-from jaxlm.training.partitioning import global_batch, logical_axis_rules
-from jaxlm.training.train_state import create_train_state, mesh_context, state_shardings
+from jaxlm.training import SyntheticData, batch_ramp, build_train_step, sgd, metrics, train
+from jaxlm.training.partitioning import global_batch
+from jaxlm.training.train_state import mesh_context
 
 
 def test_gradient_accumulation_equals_the_big_batch():
@@ -21,17 +21,15 @@ def test_gradient_accumulation_equals_the_big_batch():
   with rows of different lengths so the loss normalisation matters."""
   use_compilation_cache()
   tx = sgd(1.0, clip_norm=None)  # parameters move by exactly the summed gradient
-  model, mesh, rules = build_model(tiny_config()), make_mesh(), logical_axis_rules()
   rows = SyntheticData(batch_size=BATCH, feature_lengths={"targets": LENGTH}, min_length=4).global_batch(0)
   assert len(set(rows["decoder_loss_weights"].sum(1))) > 2
-  shardings, _ = state_shardings(model, tx, rows, mesh, rules)
-  state = create_train_state(model, tx, jax.random.key(0), rows, mesh, rules, shardings)
-  step = jax.jit(make_train_step(model, tx, 1.0))
   results = {}
   for k in (1, 2, 4):
     micro = [{f: v[i * BATCH // k:(i + 1) * BATCH // k] for f, v in rows.items()} for i in range(k)]
-    with mesh_context(mesh, rules):
-      new, m = step(state, global_batch(mesh, micro))
+    setup = build_train_step(tiny_config(), tx, micro[0], learning_rate=1.0)
+    state = setup.init_state(jax.random.key(0))
+    with mesh_context(setup.mesh, setup.rules):
+      new, m = setup.step(state, global_batch(setup.mesh, micro))
     results[k] = (float(m["loss"]), float(m["grad_norm"]), float(m["accuracy"]), flat_params(new.params))
   for k in (2, 4):
     assert results[k][0] == pytest.approx(results[1][0], rel=1e-6)

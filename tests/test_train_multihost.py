@@ -6,7 +6,7 @@ import signal
 
 import numpy as np
 
-from test_train_common import finish, flat_params, free_port, interrupt, losses, run_tiny, start
+from train_helpers import finish, flat_params, free_port, interrupt, losses, run_tiny, start
 
 
 def test_two_processes_match_one_and_stop_together(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from test_train_common import losses, run_tiny, tiny_config
+from train_helpers import losses, run_tiny, tiny_config
 from jaxlm.models import build_model
 from jaxlm.training import adafactor, adamw, batch_ramp, constant, rsqrt, sgd, warmup_cosine, weight_decay_mask
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from test_train_common import finish, losses, run_tiny, start
+from train_helpers import finish, losses, run_tiny, start
 from jaxlm.training import partitioning
 
 
@@ -55,7 +55,7 @@ def test_one_device_and_a_2x2x2_mesh_give_the_same_training(tmp_path):
   np.testing.assert_allclose(sharded["losses"], losses(single), rtol=0, atol=1e-5)
   assert losses(single)[-1] < losses(single)[0] - 0.05  # it trained
   params8 = np.load(str(tmp_path / "mesh8.json.npz"))
-  from test_train_common import flat_params
+  from train_helpers import flat_params
   for name, value in flat_params(single.state.params).items():
     np.testing.assert_allclose(params8[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
 

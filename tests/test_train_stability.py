@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from test_train_common import BATCH, LENGTH, flat_params, losses, run_tiny, tiny_config, use_compilation_cache
+from train_helpers import BATCH, LENGTH, flat_params, losses, run_tiny, tiny_config, use_compilation_cache
 from jaxlm.models import build_model
-from jaxlm.training import LossSpikeDetector, SyntheticData, make_mesh, make_train_step, sgd, stability
-from jaxlm.training.partitioning import global_batch, logical_axis_rules
-from jaxlm.training.train_state import create_train_state, mesh_context, state_shardings
+from jaxlm.training import LossSpikeDetector, SyntheticData, build_train_step, sgd, stability
+from jaxlm.training.partitioning import global_batch
+from jaxlm.training.train_state import mesh_context
 
 
 def test_detector_flags_jumps_but_not_noise_or_trend():
@@ -57,32 +57,33 @@ def test_poisoned_batch_is_rolled_back_and_skipped(tmp_path):
   assert clean_loss < math.log(128) - 1.0                   # and it did learn
 
 
-def _one_device_setup(optimizer):
+def _one_device_setup(optimizer, lr, **kw):
+  """The trainer's own setup (build_train_step) of the tiny LM on one device, a batch, and
+  the step-0 state."""
   use_compilation_cache()
-  model, mesh, rules = build_model(tiny_config()), make_mesh(), logical_axis_rules()
   example = SyntheticData(batch_size=BATCH, feature_lengths={"targets": LENGTH}).global_batch(0)
-  shardings, _ = state_shardings(model, optimizer, example, mesh, rules)
-  state = create_train_state(model, optimizer, jax.random.key(0), example, mesh, rules, shardings)
-  return model, mesh, rules, example, shardings, state
+  setup = build_train_step(tiny_config(), optimizer, example, learning_rate=lr, **kw)
+  return setup, example, setup.init_state(jax.random.key(0))
 
 
 def test_nonfinite_step_is_never_applied():
-  tx = sgd(0.1)
-  model, mesh, rules, example, shardings, state = _one_device_setup(tx)
-  step = jax.jit(make_train_step(model, tx, 0.1))
+  setup, example, state = _one_device_setup(sgd(0.1), 0.1)
+  mesh, rules, step = setup.mesh, setup.rules, setup.step
   weights = np.asarray(example["decoder_loss_weights"], np.float32)
   weights[3, 5] = np.nan                                     # one NaN makes loss and gradients NaN
   bad = global_batch(mesh, [dict(example, decoder_loss_weights=weights)])
   good = global_batch(mesh, [dict(example, decoder_loss_weights=np.asarray(example["decoder_loss_weights"], np.float32))])
   with mesh_context(mesh, rules):
     s1, m1 = step(state, good)
+    after_good = flat_params(s1.params)                      # (the step donates s1)
     s2, m2 = step(s1, bad)
+    after_bad, steps_after_bad = flat_params(s2.params), int(s2.step)
     s3, m3 = step(s2, good)
   assert bool(m1["applied"]) and not bool(m2["applied"]) and bool(m3["applied"])
   assert not np.isfinite(float(m2["loss"]))
-  assert int(s2.step) == 2                                   # the step still counts
-  for k, v in flat_params(s2.params).items():                # but nothing changed
-    np.testing.assert_array_equal(v, flat_params(s1.params)[k], err_msg=k)
+  assert steps_after_bad == 2                                # the step still counts
+  for k, v in after_bad.items():                             # but nothing changed
+    np.testing.assert_array_equal(v, after_good[k], err_msg=k)
   assert all(np.isfinite(v).all() for v in flat_params(s3.params).values())
   assert float(m3["loss"]) < float(m1["loss"])
 
@@ -95,14 +96,12 @@ def test_embedding_gradient_shrink_scales_only_the_embedding():
   np.testing.assert_allclose(out["lm_head"], 1.0)
   np.testing.assert_allclose(out["decoder"]["layers_0"]["mlp"]["wi"]["kernel"], 1.0)
   # inside the step (plain SGD, no clipping): the embedding moves 10x less, the rest the same
-  tx = sgd(1.0, clip_norm=None)
-  model, mesh, rules, example, shardings, state = _one_device_setup(tx)
-  batch = global_batch(mesh, [example])
-  before = flat_params(state.params)  # (state is not donated: it is reused below)
   moved = {}
   for alpha in (1.0, 0.1):
-    with mesh_context(mesh, rules):
-      new, _ = jax.jit(make_train_step(model, tx, 1.0, embedding_grad_shrink=alpha))(state, batch)
+    setup, example, state = _one_device_setup(sgd(1.0, clip_norm=None), 1.0, embedding_grad_shrink=alpha)
+    before = flat_params(state.params)
+    with mesh_context(setup.mesh, setup.rules):
+      new, _ = setup.step(state, global_batch(setup.mesh, [example]))
     moved[alpha] = {k: v - before[k] for k, v in flat_params(new.params).items()}
   emb = "['token_embedding']['embedding']"
   np.testing.assert_allclose(moved[0.1][emb], 0.1 * moved[1.0][emb], rtol=1e-4, atol=1e-8)

@@ -108,27 +108,27 @@ class BaseModel:
     return self.module.apply({"params": params}, **self._inputs(batch), rngs=rngs,
                              deterministic=rng is None)
 
-  def loss_fn(self, params, batch: Batch, rng=None, loss_normalizer=None):
-    """Mean weighted token cross-entropy (+ z-loss + MoE aux) and metrics.
-
-    loss_normalizer: divide summed token losses by this instead of this batch's weight
-    sum; pass the global batch's weight sum when accumulating microbatches.
-    """
+  def loss_sums(self, params, batch: Batch, rng=None):
+    """(summed loss, weighted target count, metric sums) of token cross-entropy + z-loss +
+    MoE aux (weighted by the token count): the pretraining objective's terms, summed so
+    that microbatches add up (jaxlm.training.objectives.NextTokenObjective)."""
     logits, aux = self.apply(params, batch, rng)
     targets = jnp.asarray(batch["decoder_target_tokens"])
     weights = batch.get("decoder_loss_weights")
-    weights = (targets > 0) if weights is None else jnp.asarray(weights)
-    weights = weights.astype(jnp.float32)
+    weights = ((targets > 0) if weights is None else jnp.asarray(weights)).astype(jnp.float32)
     nll, zl, correct = cross_entropy(logits, targets, weights, self.config.z_loss)
     weight_sum = weights.sum()
-    normalizer = jnp.maximum(weight_sum, 1e-8) if loss_normalizer is None else loss_normalizer
-    aux = aux * (weight_sum / normalizer) if loss_normalizer is not None else aux
-    xent, z = nll.sum() / normalizer, zl.sum() / normalizer
-    loss = xent + z + aux
-    metrics = {"loss": loss, "cross_entropy": xent, "z_loss": z, "aux_loss": aux,
-               "weight_sum": weight_sum, "nll_sum": nll.sum(),
-               "accuracy": correct.sum() / jnp.maximum(weight_sum, 1e-8)}
-    return loss, metrics
+    sums = {"cross_entropy": nll.sum(), "z_loss": zl.sum(), "aux_loss": aux * weight_sum,
+            "accuracy": correct.sum()}
+    return sums["cross_entropy"] + sums["z_loss"] + sums["aux_loss"], weight_sum, sums
+
+  def loss_fn(self, params, batch: Batch, rng=None):
+    """(mean loss, metrics): loss_sums divided by the batch's weighted target count."""
+    loss, weight_sum, sums = self.loss_sums(params, batch, rng)
+    normalizer = jnp.maximum(weight_sum, 1e-8)
+    metrics = {k: v / normalizer for k, v in sums.items()}
+    metrics.update(loss=loss / normalizer, weight_sum=weight_sum, nll_sum=sums["cross_entropy"])
+    return loss / normalizer, metrics
 
   def score_batch(self, params, batch: Batch):
     """Per-example sum of target log-likelihoods, weighted by decoder_loss_weights: [b]."""

@@ -1,13 +1,14 @@
-"""TrainState (step, params, optimizer state) and its sharded creation.
+"""TrainState (step, params, optimizer state, frozen models) and its sharded creation.
 
 Parameters are created directly in their shards: `jax.jit(model.init, out_shardings=...)`
 never materialises a full copy on one device, and JAX's partitionable threefry RNG gives
-the same values on 1 device and on any mesh.
+the same values on 1 device and on any mesh. The optimizer state covers only the trained
+parameters (`trainable.partition`); frozen ones stay in `params` without state.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -18,13 +19,15 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlm.training import partitioning
+from jaxlm.training.trainable import partition
 
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array    # int32 scalar: optimizer steps taken (skipped non-finite steps count too)
-  params: Any        # float32 (param_dtype) tree, sharded by the logical-axis rules
-  opt_state: Any     # optax state, sharded like the parameters it belongs to
+  params: Any        # the whole model tree (trained and frozen), sharded by the logical-axis rules
+  opt_state: Any     # optax state of the trained parameters only, sharded like them
+  frozen_models: Any = flax.struct.field(default_factory=dict)  # {name: params-shaped tree}
 
 
 @contextlib.contextmanager
@@ -35,31 +38,41 @@ def mesh_context(mesh: Mesh, rules):
     yield
 
 
-def state_shardings(model, optimizer: optax.GradientTransformation, batch, mesh: Mesh, rules):
-  """(TrainState of NamedShardings, TrainState of ShapeDtypeStructs with shardings)."""
+def state_shardings(model, optimizer: optax.GradientTransformation, batch, mesh: Mesh, rules,
+                    mask: Mapping[str, bool], frozen_models: Sequence[str] = ()):
+  """(TrainState of NamedShardings, TrainState of ShapeDtypeStructs with shardings).
+  Frozen models are shaped and sharded like the model's parameters."""
   param_shapes = jax.eval_shape(model.init, jax.random.key(0), batch)
   param_axes = model.logical_axes(batch)
-  opt_shapes = jax.eval_shape(optimizer.init, param_shapes)
-  opt_axes = partitioning.opt_state_logical_axes(opt_shapes, param_axes, param_shapes)
+  trained_shapes, trained_axes = partition(param_shapes, mask)[0], partition(param_axes, mask)[0]
+  opt_shapes = jax.eval_shape(optimizer.init, trained_shapes)
+  opt_axes = partitioning.opt_state_logical_axes(opt_shapes, trained_axes, trained_shapes)
+  param_shardings = partitioning.tree_shardings(param_axes, param_shapes, mesh, rules)
   shardings = TrainState(
-      step=NamedSharding(mesh, P()),
-      params=partitioning.tree_shardings(param_axes, param_shapes, mesh, rules),
-      opt_state=partitioning.tree_shardings(opt_axes, opt_shapes, mesh, rules))
+      step=NamedSharding(mesh, P()), params=param_shardings,
+      opt_state=partitioning.tree_shardings(opt_axes, opt_shapes, mesh, rules),
+      frozen_models={name: param_shardings for name in frozen_models})
   shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=param_shapes,
-                      opt_state=opt_shapes)
+                      opt_state=opt_shapes, frozen_models={name: param_shapes for name in frozen_models})
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           shapes, shardings)
   return shardings, abstract
 
 
 def create_train_state(model, optimizer: optax.GradientTransformation, rng, batch, mesh: Mesh,
-                       rules, shardings: TrainState) -> TrainState:
-  """Initial parameters and optimizer state, created in place on the mesh."""
+                       rules, shardings: TrainState, mask: Mapping[str, bool],
+                       params=None, frozen_models: Optional[Mapping[str, Any]] = None) -> TrainState:
+  """Step 0 and a fresh optimizer state, created in place on the mesh: from `params` when
+  given (host or device arrays of the model's tree), else initialised from `rng`."""
   batch = {k: np.ones(v.shape, v.dtype) for k, v in dict(batch).items()}  # only shapes matter
+  frozen_models = dict(frozen_models or {})
 
-  def init(rng):
-    params = model.init(rng, batch)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  def state_of(params, frozen):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(partition(params, mask)[0]), frozen_models=frozen)
 
   with mesh_context(mesh, rules):
-    return jax.jit(init, out_shardings=shardings)(rng)
+    if params is None:
+      return jax.jit(lambda r, f: state_of(model.init(r, batch), f), out_shardings=shardings)(
+          rng, frozen_models)
+    return jax.jit(state_of, out_shardings=shardings)(params, frozen_models)

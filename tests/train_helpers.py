@@ -1,10 +1,10 @@
-"""Shared setup of the jaxlm.training tests (no tests here), and a subprocess entry point.
+"""Helpers of the jaxlm.training tests (no tests here), and a subprocess entry point.
 
 Every test trains the same tiny causal LM (2 layers, width 32, vocab 128, 8 x 16 tokens,
 AdamW, float32) so that compiled programs are shared through JAX's persistent
 compilation cache (a directory under the system temp dir, reused between runs).
 
-    python tests/test_train_common.py '{"model_dir": ..., "steps": 5, "mesh": [2, 2, 2], ...}'
+    python tests/train_helpers.py '{"model_dir": ..., "steps": 5, "mesh": [2, 2, 2], ...}'
 runs `run_tiny` in a fresh process (fake devices, jax.distributed) and writes its results
 to the "out" path as JSON (+ an .npz of the final parameters).
 """
