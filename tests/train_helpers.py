@@ -39,14 +39,16 @@ def tiny_config(**overrides):
   return TransformerConfig(**{**TINY, **overrides})
 
 
-def run_tiny(model_dir, steps, *, total_steps=30, mesh=(1, 1, 1), data=None, optimizer=None,
-             learning_rate=None, config=None, **train_kwargs):
-  """train() on the tiny LM; data: SyntheticData kwargs (feature_lengths defaults to 16)."""
+def run_tiny(model_dir, steps, *, total_steps=30, mesh=(1, 1, 1), data=None, data_fn=None,
+             optimizer=None, learning_rate=None, config=None, **train_kwargs):
+  """train() on the tiny LM; data: SyntheticData kwargs (feature_lengths defaults to 16),
+  or data_fn: a data source of its own."""
   from jaxlm.training import SyntheticData, adamw, make_mesh, train, warmup_cosine
   use_compilation_cache()
   data_kw = {"feature_lengths": {"targets": LENGTH}, **(data or {})}
   slow = data_kw.pop("slow", 0.0)
-  data_fn = functools.partial(_SlowData, delay=slow, **data_kw) if slow else functools.partial(SyntheticData, **data_kw)
+  if data_fn is None:
+    data_fn = functools.partial(_SlowData, delay=slow, **data_kw) if slow else functools.partial(SyntheticData, **data_kw)
   kwargs = dict(log_every=5, checkpoint_every=5, progress_bar=False, tensorboard=False)
   kwargs.update(train_kwargs)
   return train(model_dir=model_dir, train_steps=steps, batch_size=kwargs.pop("batch_size", BATCH),
