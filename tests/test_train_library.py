@@ -144,3 +144,21 @@ def test_forgotten_bindings_fail_naming_them(tmp_path):
             config=tiny_config())
   finally:
     gin.clear_config()
+
+
+def test_a_newcomers_oversized_run_stops_with_one_line(tmp_path):
+  """pretrain_synthetic.gin at batch 1024 x 1024 tokens needs ~150 GiB: the command stops
+  after compiling, before any step, with the estimate and the bindings (exit status 2)."""
+  import subprocess
+  import sys
+  from train_helpers import ROOT, subprocess_env
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxlm.main", "--gin_file=gin_configs/runs/pretrain_synthetic.gin",
+       f"--gin.MODEL_DIR='{tmp_path}'", "--gin.BATCH_SIZE=1024", "--gin.TASK_FEATURE_LENGTHS={'targets': 1024}",
+       "--gin.TransformerConfig.vocab_size=4096", "--gin.train.progress_bar=False"],
+      cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("jaxlm: error: the train step needs ") and "BATCH_SIZE=1024" in last, proc.stderr[-3000:]
+  needed = float(last.split("needs ")[1].split(" GiB")[0])
+  assert needed > 100, last
