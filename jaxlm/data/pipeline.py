@@ -185,11 +185,6 @@ class DataPipeline:
     self.step += 1
     return batch
 
-  def peek_shapes(self) -> Dict[str, Tuple[Tuple[int, ...], str]]:
-    """``{feature: (shape, dtype)}`` of one batch, without moving the position."""
-    batch = next(self._numpy_batches(0))
-    return {k: (tuple(v.shape), str(v.dtype)) for k, v in batch.items()}
-
   # ----------------------------------------------------------------- state
   def _config(self) -> Dict[str, Any]:
     return {"mixture_or_task_name": self.mixture_or_task_name, "split": self.split, "seed": self.seed,
