@@ -26,7 +26,7 @@ def test_batch_that_does_not_divide_the_data_axes_names_the_numbers(tmp_path):
     partitioning.check_batch(mesh, 6)
   partitioning.check_batch(mesh, 8)
   # In the trainer the check comes before any compilation or checkpoint directory.
-  with pytest.raises(ValueError, match=r"BATCH_SIZE=6 is not divisible by num_microbatches=4"):
+  with pytest.raises(ValueError, match=r"BATCH_SIZE=6 is not divisible by train.num_microbatches=4"):
     run_tiny(str(tmp_path / "run"), 2, batch_size=6, num_microbatches=4)
   assert not (tmp_path / "run").exists()
 
