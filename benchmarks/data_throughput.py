@@ -1,6 +1,7 @@
 """Data pipeline throughput on the embedded corpus, in tokens/s (a benchmark, not a test).
 
-    python benchmarks/data_throughput.py [--groups 4] [--output benchmarks/results/data_throughput.json]
+    python benchmarks/data_throughput.py [--groups 4] [--cleaning_documents 500]
+        [--output benchmarks/results/data_throughput.json]
 
 For each configuration it builds a :class:`jaxlm.data.DataPipeline` with the default
 embedded vocabulary and times the first batch (start-up: corpus, tokenizer, shuffle and
@@ -11,6 +12,10 @@ worth (steady state). Reported:
 * ``tokens_per_s``: token slots delivered per second (batch x length, padding included);
 * ``nonpad_tokens_per_s``: real tokens per second (encoder + decoder, padding excluded);
 * ``padding_fraction`` and ``first_batch_s``.
+
+``--cleaning_documents N`` also times each prose cleaning stage (``cleaning_job``'s
+defaults, language identification included) on the first N embedded prose documents:
+documents/s and characters/s per stage, its start-up (first document) apart.
 """
 from __future__ import annotations
 
@@ -61,10 +66,34 @@ def measure(task, converter, lengths, batch_size, groups):
           "padding_fraction": round(1 - real / slots, 4), "vocab_size": pipe.vocab_size}
 
 
+def measure_cleaning(num_documents):
+  """Per cleaning stage: seconds for its first document, then documents/s and chars/s."""
+  from jaxlm.data import cleaning_job, sources  # pylint: disable=import-outside-toplevel
+
+  docs = [d["text"] for d in sources.embedded_documents("prose", "train")[:num_documents + 1]]
+  stages = ("language", "quality", "repetition", "keywords", "repeated_sentences", "exact_dedup",
+            "near_dedup", "perplexity", "pii")
+  results = {}
+  for stage in cleaning_job.default_cleaning_pipeline(stages=stages).stages:
+    start = time.perf_counter()
+    stage.process(docs[0])  # start-up: the language profiles, the reference n-gram LM
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for text in docs[1:]:
+      stage.process(text)
+    elapsed = time.perf_counter() - start
+    results[stage.name] = {"first_document_s": round(first, 3), "documents": len(docs) - 1,
+                           "docs_per_s": round((len(docs) - 1) / elapsed, 1),
+                           "chars_per_s": round(sum(map(len, docs[1:])) / elapsed)}
+  return results
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--groups", type=int, default=4, help="packing groups timed per configuration")
   parser.add_argument("--configs", default=",".join(c[0] for c in CONFIGS))
+  parser.add_argument("--cleaning_documents", type=int, default=0,
+                      help="also time each cleaning stage on this many embedded prose documents")
   parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                        "results", "data_throughput.json"))
   args = parser.parse_args(argv)
@@ -76,6 +105,9 @@ def main(argv=None):
     if name in wanted:
       results[name] = measure(task, converter, lengths, batch_size, args.groups)
       print(name, json.dumps(results[name]), flush=True)
+  if args.cleaning_documents:
+    results["cleaning_stages"] = measure_cleaning(args.cleaning_documents)
+    print("cleaning_stages", json.dumps(results["cleaning_stages"]), flush=True)
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   report = {"benchmark": "data_throughput", "corpus": "embedded (Python stdlib prose + code)",

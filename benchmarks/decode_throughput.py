@@ -39,12 +39,13 @@ def batch_sizes(values) -> list:
 
 def measure(model, params, batch: int, args) -> dict:
   import numpy as np
-  from jaxlm.inference.decoding import generate
+  from jaxlm.inference.decoding import DecodeConfig, generate
 
   rng = np.random.default_rng((args.seed, batch))
   prompt = rng.integers(2, model.config.vocab_size, (batch, args.prompt_len)).astype(np.int32)
   prompt[:, 0] = 0  # BOS, as training inputs start
-  call = lambda n: generate(model, params, prompt, max_new_tokens=n, method="greedy", eos_id=None)
+  call = lambda n: generate(model, params, prompt,
+                            config=DecodeConfig(method="greedy", max_new_tokens=n, eos_id=None))
 
   compiled = common.compile_seconds()
   out, first = common.timed(call, args.new_tokens)

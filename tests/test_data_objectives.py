@@ -14,7 +14,7 @@ VOCAB_SIZE, SENTINELS = 1024, 128
 
 @pytest.fixture(scope="module")
 def features():
-  v = vocab.get_vocabulary(vocab_size=VOCAB_SIZE, num_sentinels=SENTINELS)
+  v = vocab.seqio_vocabulary(vocab_size=VOCAB_SIZE, num_sentinels=SENTINELS)
   return {"inputs": seqio.Feature(v), "targets": seqio.Feature(v)}
 
 

@@ -13,7 +13,7 @@ DECODER_FEATURES = {"decoder_input_tokens", "decoder_target_tokens", "decoder_lo
 
 @pytest.fixture(scope="module")
 def small_vocab():
-  v = vocab.get_vocabulary(vocab_size=1024, num_sentinels=128)
+  v = vocab.seqio_vocabulary(vocab_size=1024, num_sentinels=128)
   tasks.register_embedded_tasks(vocabulary=v)
   return v
 

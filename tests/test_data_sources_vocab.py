@@ -1,5 +1,6 @@
 """The embedded corpus, the file readers (JSONL, text, TFDS directories) and SentencePiece."""
 import ast
+import gzip
 import json
 import os
 import subprocess
@@ -9,6 +10,9 @@ import time
 import pytest
 
 from jaxlm.data import sources, vocab
+from jaxlm.evaluation import humaneval, suites
+from jaxlm.inference.infer import read_prompts
+from jaxlm.jsonl import FormatError, read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,24 +42,46 @@ def test_embedded_splits_are_disjoint_and_stable():
 
 
 # ------------------------------------------------------------------- readers
-def test_read_jsonl_and_errors_name_file_and_line(tmp_path):
+def test_read_jsonl_documents_and_errors_name_file_and_line(tmp_path):
   good = tmp_path / "good.jsonl"
   good.write_text('{"text": "one", "id": 1}\n\n{"text": "two"}\n')
-  assert [r["text"] for r in sources.read_jsonl(str(good))] == ["one", "two"]
+  assert [r["text"] for r in sources.read_jsonl_documents(str(good))] == ["one", "two"]
   bad_json = tmp_path / "bad.jsonl"
   bad_json.write_text('{"text": "ok"}\n{"text": oops}\n')
-  with pytest.raises(sources.RecordError, match=r"bad\.jsonl:2: invalid JSON"):
-    list(sources.read_jsonl(str(bad_json)))
+  with pytest.raises(FormatError, match=r"bad\.jsonl:2: invalid JSON"):
+    list(sources.read_jsonl_documents(str(bad_json)))
   missing = tmp_path / "missing.jsonl"
   missing.write_text('{"text": "ok"}\n{"body": "x"}\n')
-  with pytest.raises(sources.RecordError, match=r"missing\.jsonl:2: no string field 'text'"):
-    list(sources.read_jsonl(str(missing)))
+  with pytest.raises(FormatError, match=r"missing\.jsonl:2: no string field 'text'"):
+    list(sources.read_jsonl_documents(str(missing)))
   binary = tmp_path / "binary.jsonl"
   binary.write_bytes(b'{"text": "ok"}\n{"text": "ok"}\n{"text": "\xff"}\n')
-  with pytest.raises(sources.RecordError, match=r"binary\.jsonl:3: invalid UTF-8"):
-    list(sources.read_jsonl(str(binary)))
+  with pytest.raises(FormatError, match=r"binary\.jsonl:3: invalid UTF-8"):
+    list(sources.read_jsonl_documents(str(binary)))
   with pytest.raises(FileNotFoundError, match="no file matches"):
-    list(sources.read_jsonl(str(tmp_path / "nope-*.jsonl")))
+    list(sources.read_jsonl_documents(str(tmp_path / "nope-*.jsonl")))
+
+
+def test_one_jsonl_reader_for_data_evaluation_and_inference(tmp_path):
+  path = tmp_path / "rows.jsonl.gz"
+  with gzip.open(path, "wt", encoding="utf-8") as handle:
+    handle.write('{"prompt": "a"}\n\n[1, 2]\n{"prompt": "b"}\n')
+  with pytest.raises(FormatError, match=r"rows\.jsonl\.gz:3: expected one JSON object per line, got list"):
+    list(read_jsonl(str(path)))
+  rows = list(read_jsonl(str(path), errors="yield"))
+  assert [n for n, _ in rows] == [1, 3, 4] and isinstance(rows[1][1], FormatError) and rows[1][1].line == 3
+  with pytest.raises(ValueError, match="errors='skip'"):
+    list(read_jsonl(str(path), errors="skip"))
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"prompt": "Q: 1 + 1?"}\n{"inputs": "translate"}\n')
+  assert read_prompts(str(prompts)) == ["Q: 1 + 1?", "translate"]
+  prompts.write_text('{"prompt": "ok"}\n{"prompt": "ok"\n')
+  with pytest.raises(FormatError, match=r"prompts\.jsonl:2: invalid JSON"):
+    read_prompts(str(prompts))
+  prompts.write_text('{"prompt": "ok"}\n{"question": "where?"}\n')
+  with pytest.raises(FormatError, match=r"prompts\.jsonl:2: no string 'prompt'"):
+    read_prompts(str(prompts))
+  assert suites.read_jsonl is read_jsonl and humaneval.FormatError is FormatError
 
 
 def test_read_text_files_units(tmp_path):
@@ -69,7 +95,7 @@ def test_read_text_files_units(tmp_path):
   assert paragraphs[1]["id"].endswith("a.txt:4")
   assert len(list(sources.read_text_files(pattern, "line"))) == 4
   (tmp_path / "c.txt").write_bytes(b"fine\nfine\nbroken \xc3\x28 here\n")
-  with pytest.raises(sources.RecordError, match=r"c\.txt:3: invalid UTF-8"):
+  with pytest.raises(FormatError, match=r"c\.txt:3: invalid UTF-8"):
     list(sources.read_text_files(str(tmp_path / "c.txt")))
 
 
@@ -114,7 +140,7 @@ SAMPLE = "def add(a, b):\n    return a + b  # Zürich 3.14\n\tdone"
 
 @pytest.fixture(scope="module")
 def small_vocab():
-  return vocab.get_vocabulary(vocab_size=1024, num_sentinels=128)
+  return vocab.seqio_vocabulary(vocab_size=1024, num_sentinels=128)
 
 
 def test_vocab_layout_and_sentinels(small_vocab):
@@ -139,9 +165,9 @@ def test_vocab_round_trips_code_and_bytes(small_vocab):
   assert v.encode_tf(tf.constant(SAMPLE)).numpy().tolist() == v.encode(SAMPLE)
 
 
-def test_get_vocabulary_is_cached(small_vocab):
+def test_seqio_vocabulary_is_cached(small_vocab):
   start = time.time()
-  again = vocab.get_vocabulary(vocab_size=1024, num_sentinels=128)
+  again = vocab.seqio_vocabulary(vocab_size=1024, num_sentinels=128)
   assert again.sentencepiece_model_file == small_vocab.sentencepiece_model_file
   assert time.time() - start < 1.0  # loaded, not retrained
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from jaxlm.inference import decoding
-from jaxlm.inference.decoding import filter_logits, generate, predict_batch, predict_batch_with_aux
+from jaxlm.inference.decoding import (DecodeConfig, filter_logits, generate, predict_batch,
+                                      predict_batch_with_aux)
 from jaxlm.models import TransformerConfig, build_model
 
 V, N = 64, 6
@@ -36,12 +37,14 @@ def prompts():
   return tokens, (np.arange(width)[None] < lengths[:, None]).astype(np.int32), lengths
 
 
-def run(arch, **kw):
+def run(arch, rng=None, **kw):
+  """generate on the test prompts with DecodeConfig(**kw)."""
   model, params = setup(arch)
   tokens, mask, _ = prompts()
+  config = DecodeConfig(**kw)
   if arch == "encoder_decoder":
-    return generate(model, params, encoder_input_tokens=np.array(ENCODER), **kw)
-  return generate(model, params, tokens, mask, **kw)
+    return generate(model, params, encoder_input_tokens=np.array(ENCODER), config=config, rng=rng)
+  return generate(model, params, tokens, mask, config=config, rng=rng)
 
 
 @functools.lru_cache(maxsize=None)
@@ -207,8 +210,36 @@ def test_predict_batch_reads_seqio_prefix_lm_batches():
   dca = (np.arange(width)[None] < lengths[:, None]).astype(np.int32)
   batch = {"decoder_input_tokens": dec, "decoder_causal_attention": dca,
            "decoder_target_tokens": np.roll(dec, -1, 1)}
-  toks, aux = predict_batch_with_aux(model, params, batch, max_new_tokens=N, eos_id=None, prompt_bucket=1)
+  toks, aux = predict_batch_with_aux(model, params, batch,
+                                     DecodeConfig(max_new_tokens=N, eos_id=None, prompt_bucket=1))
   np.testing.assert_array_equal(toks, greedy("prefix_decoder").tokens)
   assert set(aux) == {"scores", "logprobs", "lengths"}
   # Default length: the room the shortest prompt leaves in the row.
-  assert predict_batch(model, params, batch, eos_id=None).shape == (3, width - 2)
+  assert predict_batch(model, params, batch, DecodeConfig(eos_id=None)).shape == (3, width - 2)
+
+
+def test_predict_batch_returns_the_best_beam_first():
+  model, params = setup("prefix_decoder")
+  tokens, mask, lengths = prompts()
+  batch = {"decoder_input_tokens": np.pad(tokens, ((0, 0), (0, N))),
+           "decoder_causal_attention": np.pad(mask, ((0, 0), (0, N)))}
+  config = DecodeConfig(method="beam", max_new_tokens=N, eos_id=1, num_beams=3, prompt_bucket=1)
+  toks, aux = predict_batch_with_aux(model, params, batch, config, return_all_beams=True)
+  beams = run("prefix_decoder", method="beam", max_new_tokens=N, eos_id=1, num_beams=3)
+  np.testing.assert_array_equal(aux["beams"], beams.tokens)
+  np.testing.assert_array_equal(toks, np.asarray(beams.tokens)[:, 0])
+  np.testing.assert_allclose(aux["scores"], np.asarray(beams.scores)[:, 0], rtol=1e-6)
+  assert aux["beam_scores"].shape == (3, 3)
+
+
+@pytest.mark.parametrize("field, value", [("method", "nucleus"), ("max_new_tokens", 0), ("top_p", 0.0),
+                                          ("temperature", -1.0), ("top_k", -1), ("num_beams", 0),
+                                          ("prompt_bucket", 0)])
+def test_decode_config_names_the_setting_at_fault(field, value):
+  with pytest.raises(ValueError, match=f"DecodeConfig.{field}="):
+    DecodeConfig(**{field: value})
+
+
+def test_generate_needs_a_length():
+  with pytest.raises(ValueError, match="DecodeConfig.max_new_tokens"):
+    run("decoder")

@@ -60,3 +60,9 @@ def test_evaluation_package_imports_without_tensorflow():
           "bad = [m for m in ('tensorflow', 'seqio', 'matplotlib', 'sacrebleu') if m in sys.modules]\n"
           "assert not bad, bad\n")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_flatten_metrics_is_the_record_layout():
+  flat = report.flatten_metrics({"mmlu": {"acc": np.float32(0.5), "n": np.int64(3)}, "loss": 2.0})
+  assert flat == {"mmlu/acc": 0.5, "mmlu/n": 3.0, "loss": 2.0}
+  assert all(type(v) is float for v in flat.values())

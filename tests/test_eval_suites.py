@@ -140,10 +140,10 @@ def test_generative_evaluation_with_fake_generators(tmp_path):
 def test_seqio_tasks_wire_into_the_seqio_evaluator(mmlu, tmp_path):
   import seqio
   exs = suites.load_multiple_choice(mmlu)
-  suites.register_task("jaxlm_test_mmlu", "multiple_choice", mmlu)
+  suites.register_suite_task("jaxlm_test_mmlu", "multiple_choice", mmlu)
   qa_path = _jsonl(tmp_path / "qa.jsonl", [{"question": "Who?", "answers": ["Ada", "Ada L"]},
                                            {"question": "When?", "answer": "1843"}])
-  suites.register_task("jaxlm_test_qa", "qa", qa_path)
+  suites.register_suite_task("jaxlm_test_qa", "qa", qa_path)
   vocab = seqio.ByteVocabulary()
   converter = seqio.EncDecFeatureConverter(pack=False)
   gold = {suites.multiple_choice_requests(e)[0]: suites.multiple_choice_requests(e)[1][e["answer"]]
@@ -182,9 +182,9 @@ def test_seqio_tasks_wire_into_the_seqio_evaluator(mmlu, tmp_path):
   lam = tmp_path / "lambada.txt"
   lam.write_text("she opened the door\n")
   code = _jsonl(tmp_path / "he.jsonl", suites.load_code()[:2])
-  names = suites.register_tasks({"jaxlm_test_gsm": ("math", gsm),
-                                 "jaxlm_test_lambada": ("last_word", str(lam)),
-                                 "jaxlm_test_code": ("code", code)})
+  names = suites.register_suite_tasks({"jaxlm_test_gsm": ("math", gsm),
+                                       "jaxlm_test_lambada": ("last_word", str(lam)),
+                                       "jaxlm_test_code": ("code", code)})
   for name in names:
     task = seqio.get_mixture_or_task(name)
     ex = next(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())

@@ -38,11 +38,12 @@ def direct_greedy(model, params, add_eos_inputs):
   toks = np.zeros((len(rows), width), np.int32)
   for i, r in enumerate(rows):
     toks[i, :len(r) + 1] = [0] + r
+  config = DecodeConfig(max_new_tokens=N_NEW)
   if model.config.arch == "encoder_decoder":
-    out = generate(model, params, encoder_input_tokens=toks[:, 1:], max_new_tokens=N_NEW)
+    out = generate(model, params, encoder_input_tokens=toks[:, 1:], config=config)
   else:
     mask = (toks > 0) | (np.arange(width)[None] == 0)
-    out = generate(model, params, toks, mask, max_new_tokens=N_NEW)
+    out = generate(model, params, toks, mask, config=config)
   return [VOCAB.decode(t) for t in np.asarray(out.tokens)]
 
 
@@ -123,3 +124,26 @@ def test_evaluate_job_restores_a_checkpoint_and_writes_metrics(tmp_path):
   assert got[f"{name}/mean_loglik"] == pytest.approx(want, rel=1e-4)
   with open(os.path.join(out_dir, "metrics.json")) as f:
     assert json.load(f)["metrics"] == pytest.approx(got)
+
+
+def test_evaluator_seed_is_gin_configurable(monkeypatch):
+  import gin
+  seeds = []
+
+  class RecordingEvaluator:  # stands in for seqio.Evaluator: records the dataset seed
+    def __init__(self, **kwargs):
+      seeds.append(kwargs["seed"])
+      self.eval_tasks = []
+  monkeypatch.setattr(seqio, "Evaluator", RecordingEvaluator)
+  model, _ = make("prefix_decoder")
+  name = "jaxlm_test_eval_seed"
+  register(name, ["zz"] * len(INPUTS), add_eos_inputs=False)
+  try:
+    ev_lib.Evaluator(model, name)
+    gin.bind_parameter("Evaluator.seed", 7)
+    ev_lib.Evaluator(model, name)
+    with pytest.raises(ValueError, match="split"):  # only the seed is Evaluator's gin knob
+      gin.parse_config("Evaluator.split = 'test'")
+  finally:
+    gin.clear_config()
+  assert seeds == [42, 7]

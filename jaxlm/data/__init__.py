@@ -9,22 +9,24 @@ TensorFlow/SeqIO.
     batch = next(iter(pipe))          # dict of numpy arrays, per host
     pipe.state(); pipe.restore(state)  # resume on exactly the same batches
 
-Modules: sources (embedded corpus, JSONL/text/TFDS readers), cleaning (quality and
-language filters, perplexity filter), dedup (exact, MinHash-LSH, repeated sentences,
-decontamination), pii (redaction), clean (the cleaning pipeline and its CLI), vocab
-(SentencePiece), objectives (causal LM, prefix LM, span corruption, UL2), tasks (the
-SeqIO registry) and pipeline (SeqIO -> per-host numpy batches).
+Modules: sources (embedded corpus, JSONL/text/TFDS readers), cleaning (the stages:
+quality and language filters, perplexity filter), dedup (exact, MinHash-LSH, repeated
+sentences, decontamination), pii (redaction), cleaning_job (the stages run over a corpus,
+and its CLI), word_problems (generated arithmetic word problems), vocab (SentencePiece
+training, SeqIO vocabularies), objectives (causal LM, prefix LM, span corruption, UL2),
+tasks (the SeqIO registry) and pipeline (SeqIO -> per-host numpy batches).
 """
 import importlib
 
 _EXPORTS = {
     # sources
-    "embedded_documents": "sources", "iter_documents": "sources", "read_jsonl": "sources",
+    "embedded_documents": "sources", "iter_documents": "sources", "read_jsonl_documents": "sources",
     "read_text_files": "sources", "read_tfds_directory": "sources", "cache_dir": "sources",
     # vocab
-    "train_sentencepiece": "vocab", "load_vocabulary": "vocab", "get_vocabulary": "vocab",
+    "train_sentencepiece": "vocab", "load_vocabulary": "vocab", "seqio_vocabulary": "vocab",
     # cleaning
-    "CleaningPipeline": "clean", "default_cleaning_pipeline": "clean", "clean_jsonl": "clean",
+    "CleaningPipeline": "cleaning_job", "default_cleaning_pipeline": "cleaning_job",
+    "clean_jsonl": "cleaning_job",
     # objectives
     "causal_lm": "objectives", "prefix_lm": "objectives", "span_corruption": "objectives",
     "ul2_objective": "objectives", "random_spans_helper": "objectives",

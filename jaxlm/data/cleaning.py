@@ -3,16 +3,15 @@
 Every cleaning step -- here, in ``dedup.py`` and in ``pii.py`` -- is a :class:`Stage`:
 ``stage.process(text)`` returns a :class:`Result` whose ``text`` is None when the
 document is dropped (with a ``reason``) or the possibly edited text (with ``edits``
-counted by kind). ``clean.py`` chains stages over a corpus and reports what each one
-removed; :func:`seqio_preprocessor` runs a stateless stage inside a SeqIO task.
+counted by kind). ``cleaning_job.py`` chains stages over a corpus and reports what each
+one removed; :func:`seqio_preprocessor` runs a stateless stage inside a SeqIO task.
 
 Filters and their defaults:
 
-* :class:`LanguageFilter` -- :func:`detect_language`, a stopword detector: the share of
-  a document's words that are frequent function words of English, German, French,
-  Spanish, Italian, Dutch or Portuguese (a word shared by k languages counts 1/k), the
-  share of letters outside the Latin script, and the share of lines that look like
-  code. No model file, no download.
+* :class:`LanguageFilter` -- :func:`detect_language`: ``'code'`` when >= 40% of the
+  lines look like source code, ``'unknown'`` for text under 30% letters, else
+  :class:`LanguageIdentifier` (langdetect, 55 languages, seeded; its profiles ship in
+  the package) with probability >= 0.5. ``benchmarks/README.md`` compares it with lingua.
 * :class:`GopherQualityFilter` -- Rae et al. 2021 (Gopher, App. A): 50..100k words, mean
   word length 3..10, symbol ('#', '...') to word ratio <= 0.1, <= 90% of lines bullets,
   <= 30% of lines ending in an ellipsis, >= 80% of words with a letter, >= 2 of the
@@ -34,13 +33,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
+import os
 import re
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import gin
-
-WORD_RE = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*", re.UNICODE)
 
 
 @dataclasses.dataclass
@@ -78,61 +77,10 @@ def words(text: str) -> list:
 
 
 # ----------------------------------------------------------------- language
-_STOPWORDS_RAW = {
-    "en": "the of and to in is that it was for on are as with his they at be this from have or by one "
-          "had not but what all were when we there can an your which their if do will each about how up "
-          "out them then she many some so these would other into has more her two like him see time "
-          "could no make than first been its who now people my made over did down only way may should "
-          "very through just where most after any also those because does such here why must while",
-    "de": "der die und in den von zu das mit sich des auf für ist im dem nicht ein eine als auch es an "
-          "werden aus er hat dass sie nach wird bei einer um am sind noch wie einem über einen so zum "
-          "war haben nur oder aber vor zur bis mehr durch man sein wurde sei ich wir ihr können kann "
-          "diese dieser wenn sehr schon",
-    "fr": "le la les de des du et un une en est que qui dans pour pas sur au par plus ce il elle ne se "
-          "sont avec nous vous ou mais son sa ses leur aux été être cette comme tout fait aussi bien "
-          "peut très sans même dont entre où je on",
-    "es": "el la los las de del y en un una que es por con para no se su al lo como más pero sus le ya "
-          "o este sí porque esta entre cuando muy sin sobre también me hasta hay donde quien desde todo "
-          "nos durante todos uno les ni contra otros ese eso ante ellos e esto",
-    "it": "il lo la i gli le di del della dei delle e è in un una che per non con si da al alla sono "
-          "come ma anche più ha questo questa nel nella sul sulla tra fra ci loro suo sua essere io "
-          "molto tutto ancora quando",
-    "nl": "de het een en van in is dat op te zijn met voor niet aan er ook als bij om maar dan nog wel "
-          "naar hij ze zo deze dit wat uit werd worden kan geen door over al tot hun haar wordt moet",
-    "pt": "o a os as de do da dos das e em um uma que é para com não se por mais como mas foi ao ele "
-          "ela das tem à seu sua ou ser quando muito há nos já está também só pelo pela até isso entre "
-          "era depois sem mesmo aos ter seus quem nas me esse eles você essa num nem suas meu",
-}
-
-
-def _stopword_weights() -> Dict[str, Dict[str, float]]:
-  """Per language, word -> 1/k where k is the number of languages listing the word."""
-  sets = {lang: set(ws.split()) for lang, ws in _STOPWORDS_RAW.items()}
-  counts = collections.Counter(w for s in sets.values() for w in s)
-  return {lang: {w: 1.0 / counts[w] for w in s} for lang, s in sets.items()}
-
-
-STOPWORDS = _stopword_weights()
 _CODE_LINE_RE = re.compile(r"^(?:def|class|import|from|return|if|elif|else|for|while|try|except|with|"
                            r"#include|public|private|function|var|let|const)\b|[;{}]$|:$|=|^#|^//")
-
-
-def language_scores(text: str) -> Dict[str, float]:
-  """Per language, the (weighted) share of the text's words that are its stopwords.
-
-  A word listed by k languages counts 1/k for each of them."""
-  tokens = [t.lower() for t in WORD_RE.findall(text)]
-  if not tokens:
-    return {lang: 0.0 for lang in STOPWORDS}
-  return {lang: sum(weights.get(t, 0.0) for t in tokens) / len(tokens) for lang, weights in STOPWORDS.items()}
-
-
-def non_latin_fraction(text: str) -> float:
-  """Share of letters outside Latin script (CJK, Cyrillic, Arabic, ...)."""
-  letters = [c for c in text if c.isalpha()]
-  if not letters:
-    return 0.0
-  return sum(1 for c in letters if ord(c) > 0x024F) / len(letters)
+# langdetect's profile names that are not ISO 639-1 codes.
+_LANGDETECT_LABELS = {"zh-cn": "zh", "zh-tw": "zh"}
 
 
 def code_line_fraction(text: str) -> float:
@@ -141,30 +89,101 @@ def code_line_fraction(text: str) -> float:
   return sum(bool(_CODE_LINE_RE.search(l)) for l in lines) / max(1, len(lines))
 
 
-def detect_language(text: str, min_score: float = 0.15, max_non_latin: float = 0.3,
-                    max_code_lines: float = 0.4) -> Tuple[str, float]:
-  """``(label, score)``: ``'code'`` when at least ``max_code_lines`` of the lines look
-  like code, ``'unknown'`` when the text is mostly non-Latin or no language reaches
-  ``min_score``, else the best-scoring language and its score."""
+def letter_fraction(text: str) -> float:
+  """Share of the non-space characters that are letters (0 for numbers, tables, mash)."""
+  chars = [c for c in text if not c.isspace()]
+  return sum(c.isalpha() for c in chars) / max(1, len(chars))
+
+
+@functools.lru_cache(maxsize=8)
+def _langdetect_factory(candidates: Optional[Tuple[str, ...]], seed: int):
+  """A private, seeded ``langdetect.DetectorFactory`` with the candidates' profiles
+  (all 55 when ``candidates`` is None); langdetect's own global factory is left alone."""
+  import langdetect.detector_factory as ld  # pylint: disable=import-outside-toplevel
+
+  profiles = sorted(os.listdir(ld.PROFILES_DIRECTORY))
+  if candidates is not None:
+    known = {_LANGDETECT_LABELS.get(p, p) for p in profiles}
+    unknown = sorted(set(candidates) - known)
+    if unknown:
+      raise ValueError(f"LanguageIdentifier.candidates: no langdetect profile for {unknown}; "
+                       f"known: {', '.join(sorted(known))}")
+    profiles = [p for p in profiles if _LANGDETECT_LABELS.get(p, p) in candidates]
+    if len(profiles) < 2:
+      raise ValueError(f"LanguageIdentifier.candidates={list(candidates)}: give at least two languages "
+                       "to choose between (the languages to keep are LanguageFilter.languages)")
+  json_profiles = []
+  for name in profiles:
+    with open(os.path.join(ld.PROFILES_DIRECTORY, name), encoding="utf-8") as handle:
+      json_profiles.append(handle.read())
+  factory = ld.DetectorFactory()
+  factory.load_json_profile(json_profiles)
+  factory.set_seed(seed)
+  return factory
+
+
+@gin.configurable
+class LanguageIdentifier:
+  """langdetect (Shuyo 2010: naive Bayes over character 1-3-grams of Wikipedia, 55
+  languages; the profiles ship inside the package, nothing downloads), seeded so the same
+  text always gets the same label.
+
+  ``identifier(text)`` is ``(ISO 639-1 code, probability)`` of the most probable
+  language, ``('unknown', 0.0)`` for text without letters. ``candidates`` restricts the
+  languages considered (None: all); ``max_chars`` caps the characters read per document.
+  """
+
+  def __init__(self, candidates: Optional[Sequence[str]] = None, seed: int = 0, max_chars: int = 10_000):
+    self.candidates = tuple(sorted(candidates)) if candidates is not None else None
+    self.seed, self.max_chars = seed, max_chars
+
+  def __call__(self, text: str) -> Tuple[str, float]:
+    from langdetect.lang_detect_exception import LangDetectException  # pylint: disable=import-outside-toplevel
+
+    detector = _langdetect_factory(self.candidates, self.seed).create()
+    detector.set_max_text_length(self.max_chars)
+    detector.append(text)
+    try:
+      ranked = detector.get_probabilities()
+    except LangDetectException:  # no letters: nothing to score
+      return "unknown", 0.0
+    probs = collections.Counter()
+    for guess in ranked:  # zh-cn and zh-tw add up to zh
+      probs[_LANGDETECT_LABELS.get(guess.lang, guess.lang)] += guess.prob
+    if not probs:
+      return "unknown", 0.0
+    lang, prob = probs.most_common(1)[0]
+    return lang, float(prob)
+
+
+def detect_language(text: str, min_probability: float = 0.5, max_code_lines: float = 0.4,
+                    min_letters: float = 0.3, identifier: Optional[Callable[[str], Tuple[str, float]]] = None
+                    ) -> Tuple[str, float]:
+  """``(label, probability)``: ``'code'`` when at least ``max_code_lines`` of the lines
+  look like code, ``'unknown'`` when under ``min_letters`` of the characters are letters
+  or the identifier's best language has probability under ``min_probability``, else the
+  ISO 639-1 code (``en``, ``ru``, ``zh``, ``ja``, ``ar``, ``hi``, ...) and its probability.
+  ``identifier`` defaults to :class:`LanguageIdentifier` as gin binds it."""
   if code_line_fraction(text) >= max_code_lines:
     return "code", 0.0
-  if non_latin_fraction(text) > max_non_latin:
+  if letter_fraction(text) < min_letters:
     return "unknown", 0.0
-  scores = language_scores(text)
-  lang = max(scores, key=scores.get)
-  return (lang, scores[lang]) if scores[lang] >= min_score else ("unknown", scores[lang])
+  lang, prob = (identifier or LanguageIdentifier())(text)
+  return (lang, prob) if prob >= min_probability else ("unknown", prob)
 
 
 @gin.configurable
 class LanguageFilter(Filter):
-  """Keep documents detected as one of ``languages``."""
+  """Keep documents detected as one of ``languages`` (ISO 639-1 codes, or 'code'/'unknown')."""
   name = "language"
 
-  def __init__(self, languages: Sequence[str] = ("en",), min_score: float = 0.15):
-    self.languages, self.min_score = tuple(languages), min_score
+  def __init__(self, languages: Sequence[str] = ("en",), min_probability: float = 0.5,
+               identifier: Optional[Callable[[str], Tuple[str, float]]] = None):
+    self.languages, self.min_probability = tuple(languages), min_probability
+    self.identifier = identifier or LanguageIdentifier()
 
   def check(self, text):
-    lang, _ = detect_language(text, self.min_score)
+    lang, _ = detect_language(text, self.min_probability, identifier=self.identifier)
     return None if lang in self.languages else f"language={lang}"
 
 
@@ -435,10 +454,10 @@ def seqio_preprocessor(stage: Stage, text_key: str = "text"):
 
   Dropped documents are filtered out; edited text replaces the original. Stateful
   stages (deduplication) are refused: a SeqIO task repeats its data every epoch, so
-  they belong to the offline ``python -m jaxlm.data.clean`` run.
+  they belong to the offline ``python -m jaxlm.data.cleaning_job`` run.
   """
   if stage.stateful:
-    raise ValueError(f"stage {stage.name!r} is stateful; run it offline with python -m jaxlm.data.clean")
+    raise ValueError(f"stage {stage.name!r} is stateful; run it offline with python -m jaxlm.data.cleaning_job")
 
   def preprocess(dataset):
     import numpy as np  # pylint: disable=import-outside-toplevel

@@ -12,7 +12,8 @@ Both are extracted once per Python installation and cached as JSONL under
 :func:`cache_dir` (``$JAXLM_CACHE`` or ``~/.cache/jaxlm``). A stable hash of each
 document id puts ``VALIDATION_PERCENT`` of the documents in the ``validation`` split.
 
-Readers (pure Python, no TensorFlow): :func:`read_jsonl`, :func:`read_text_files`,
+Readers (pure Python, no TensorFlow): :func:`read_jsonl_documents` (over
+:func:`jaxlm.jsonl.read_jsonl`, the one JSONL reader), :func:`read_text_files`,
 :func:`read_tfds_directory`, and :func:`iter_documents`, which understands a source
 spec string. The ``*_source`` functions wrap them as SeqIO data sources; they import
 TensorFlow/SeqIO lazily so that this module stays cheap to import.
@@ -30,6 +31,8 @@ import sys
 import sysconfig
 import tempfile
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+
+from jaxlm.jsonl import FormatError, read_jsonl
 
 EMBEDDED_SOURCES = ("prose", "code")
 SPLITS = ("train", "validation")
@@ -171,7 +174,7 @@ def embedded_documents(name: str, split: Optional[str] = None) -> List[Dict[str,
         extracted = _extract_embedded()
         for key, docs in extracted.items():
           atomic_write(paths[key], "".join(json.dumps(d) + "\n" for d in docs))
-    _EMBEDDED_MEMO[name] = list(read_jsonl(paths[name]))
+    _EMBEDDED_MEMO[name] = [record for _, record in read_jsonl(paths[name])]
   docs = _EMBEDDED_MEMO[name]
   if split is None:
     return docs
@@ -192,48 +195,16 @@ def _expand(patterns: Union[str, Sequence[str]]) -> List[str]:
   return files
 
 
-class RecordError(ValueError):
-  """A bad record, named by file and line."""
-
-
-def iter_jsonl_records(path: str) -> Iterator[tuple]:
-  """Yield ``(line_number, record_or_error)`` for every non-blank line of a JSONL file.
-
-  Never raises on bad content: an undecodable or unparsable line gives a
-  :class:`RecordError` whose message names the file and the line.
-  """
-  with open(path, "rb") as handle:
-    for lineno, raw in enumerate(handle, start=1):
-      if not raw.strip():
-        continue
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        yield lineno, RecordError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})")
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        yield lineno, RecordError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})")
-        continue
-      if not isinstance(record, dict):
-        yield lineno, RecordError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        continue
-      yield lineno, record
-
-
-def read_jsonl(patterns: Union[str, Sequence[str]], text_key: str = "text") -> Iterator[Dict[str, Any]]:
+def read_jsonl_documents(patterns: Union[str, Sequence[str]], text_key: str = "text") -> Iterator[Dict[str, Any]]:
   """Records of JSONL files (a path, glob or list of them) that carry a string ``text_key``.
 
-  Raises :class:`RecordError` naming file and line on invalid UTF-8/JSON or a
-  missing/non-string ``text_key``.
+  Raises :class:`jaxlm.jsonl.FormatError` naming file and line on invalid UTF-8/JSON or
+  a missing/non-string ``text_key``.
   """
   for path in _expand(patterns):
-    for lineno, record in iter_jsonl_records(path):
-      if isinstance(record, RecordError):
-        raise record
+    for lineno, record in read_jsonl(path):
       if not isinstance(record.get(text_key), str):
-        raise RecordError(f"{path}:{lineno}: no string field {text_key!r}")
+        raise FormatError(path, lineno, f"no string field {text_key!r}")
       yield record
 
 
@@ -241,7 +212,7 @@ def read_text_files(patterns: Union[str, Sequence[str]], unit: str = "file") -> 
   """Plain-text documents ``{"id", "text"}``: one per file, per paragraph or per line.
 
   ``unit`` is 'file', 'paragraph' (blank-line separated) or 'line'. Invalid UTF-8
-  raises :class:`RecordError` naming the file and line.
+  raises :class:`jaxlm.jsonl.FormatError` naming the file and line.
   """
   if unit not in ("file", "paragraph", "line"):
     raise ValueError(f"unit must be 'file', 'paragraph' or 'line', got {unit!r}")
@@ -251,8 +222,7 @@ def read_text_files(patterns: Union[str, Sequence[str]], unit: str = "file") -> 
     try:
       text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-      line = data[: e.start].count(b"\n") + 1
-      raise RecordError(f"{path}:{line}: invalid UTF-8 ({e.reason})") from None
+      raise FormatError(path, data[: e.start].count(b"\n") + 1, f"invalid UTF-8 ({e.reason})") from None
     if unit == "file":
       if text.strip():
         yield {"id": path, "text": text}
@@ -303,7 +273,7 @@ def iter_documents(spec: str, split: Optional[str] = "train", text_key: str = "t
         data_dir, _, tfds_split = rest.rpartition(":")
       yield from read_tfds_directory(data_dir, tfds_split or split or "train", text_key)
     elif ".jsonl" in part:
-      yield from read_jsonl(part, text_key)
+      yield from read_jsonl_documents(part, text_key)
     else:
       yield from read_text_files(part, "file")
 
@@ -370,7 +340,7 @@ def jsonl_source(split_to_filepattern: Union[str, Mapping[str, Any]], text_key: 
 
   def generate(path):
     path = path.decode("utf-8") if isinstance(path, bytes) else path
-    for record in read_jsonl(path, text_key):
+    for record in read_jsonl_documents(path, text_key):
       yield {"text": record[text_key]}
 
   def read_file_fn(path):

@@ -8,7 +8,7 @@ still draws new noise every epoch:
     register_task("my_corpus_lm", "data/*.jsonl", objective="lm")
     register_mixture("my_mix", ["my_corpus_lm", "embedded_prose_lm"], rate="temperature")
 
-Built in, over the embedded corpus (registered on first use, with :func:`vocab.get_vocabulary`):
+Built in, over the embedded corpus (registered on first use, with :func:`vocab.seqio_vocabulary`):
 
 * ``embedded_{prose,code}_{lm,prefix_lm,span_corruption,ul2}``;
 * mixtures of prose and code: ``embedded_mix`` (causal LM, examples-proportional with a
@@ -89,7 +89,7 @@ def register_task(
   name: task name.
   source: a ``seqio.DataSource`` or a spec for :func:`make_source`.
   objective: one of ``OBJECTIVES`` ('lm', 'prefix_lm', 'span_corruption', 'ul2').
-  vocabulary: a SeqIO vocabulary; default :func:`vocab.get_vocabulary()`.
+  vocabulary: a SeqIO vocabulary; default :func:`vocab.seqio_vocabulary()`.
   text_preprocessors: SeqIO preprocessors over the raw ``text`` feature, e.g.
     :func:`cleaning.seqio_preprocessor` of cleaning stages.
   objective_kwargs: extra arguments of the objective (e.g. ``noise_density``).
@@ -99,7 +99,7 @@ def register_task(
   """
   if objective not in OBJECTIVES:
     raise ValueError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
-  vocabulary = vocabulary if vocabulary is not None else vocab_lib.get_vocabulary()
+  vocabulary = vocabulary if vocabulary is not None else vocab_lib.seqio_vocabulary()
   objective_fn = OBJECTIVES[objective]
   if objective_kwargs:
     objective_fn = functools.partial(objective_fn, **objective_kwargs)
@@ -190,10 +190,10 @@ def register_embedded_tasks(vocabulary=None, mixture_cap: Optional[int] = 2 ** 1
                             temperature: float = 2.0, fixed_rates: Sequence[float] = (0.5, 0.5)) -> List[str]:
   """(Re)register the embedded-corpus tasks and mixtures; returns their names.
 
-  ``vocabulary`` defaults to :func:`vocab.get_vocabulary()` (gin-configurable, cached).
+  ``vocabulary`` defaults to :func:`vocab.seqio_vocabulary()` (gin-configurable, cached).
   ``fixed_rates`` are the (prose, code) rates of ``embedded_mix_fixed``.
   """
-  vocabulary = vocabulary if vocabulary is not None else vocab_lib.get_vocabulary()
+  vocabulary = vocabulary if vocabulary is not None else vocab_lib.seqio_vocabulary()
   names = []
   for objective in OBJECTIVES:
     task_names = []

@@ -1,6 +1,7 @@
 """SentencePiece tokenizers: train from any source, load as a SeqIO vocabulary.
 
-Id layout (T5 convention): 0 = PAD, 1 = EOS, 2 = UNK, no BOS. Then the user symbols
+Id layout (T5 convention, the ids of :mod:`jaxlm.vocabularies`): 0 = PAD, 1 = EOS,
+2 = UNK, no BOS. Then the user symbols
 (``"\\n"``, ``"\\t"`` when whitespace is preserved, and the UL2 mode tokens), then the
 learned pieces, and last the ``num_sentinels`` sentinels added by SeqIO:
 ``<extra_id_0>`` = ``vocab_size - 1``, ``<extra_id_1>`` = ``vocab_size - 2``, ...
@@ -10,8 +11,10 @@ Train from the command line::
 
     python -m jaxlm.data.vocab --source embedded --vocab_size 4096 --output /tmp/embedded.model
 
-or in Python with :func:`train_sentencepiece`; :func:`get_vocabulary` trains once per
-configuration and caches the model under ``$JAXLM_CACHE/vocab``.
+or in Python with :func:`train_sentencepiece`; :func:`seqio_vocabulary` trains once per
+configuration, caches the model under ``$JAXLM_CACHE/vocab`` and returns it as a SeqIO
+vocabulary (the core's ``jaxlm.vocabularies.SentencePieceVocab`` reads the same file
+without SeqIO).
 """
 from __future__ import annotations
 
@@ -28,12 +31,12 @@ from typing import Iterable, List, Optional, Sequence
 import gin
 
 from jaxlm.data import sources
+from jaxlm.vocabularies import EOS_ID, PAD_ID, UNK_ID
 
 UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 WHITESPACE_SYMBOLS = ("\n", "\t")
 NORMALIZATIONS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
 MODEL_TYPES = ("bpe", "unigram")
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
 def _training_lines(texts: Iterable[str], max_lines: int, seed: int, max_line_chars: int) -> List[str]:
@@ -64,24 +67,18 @@ def train_sentencepiece(
     max_lines: int = 300_000,
     seed: int = 0,
 ) -> str:
-  """Train a SentencePiece model on ``texts`` and write it to ``output_path``.
+  """Train a SentencePiece model on the lines of ``texts`` and write it to ``output_path``
+  (with a ``.json`` sidecar recording the options); returns ``output_path``.
 
-  texts: documents; they are cut into lines (SentencePiece's sentences).
-  output_path: where the ``.model`` file goes; a ``.json`` sidecar records the options.
-  vocab_size: total size the SeqIO vocabulary will have, sentinels included.
-  model_type: 'bpe' or 'unigram'.
-  byte_fallback: unknown characters become UTF-8 byte pieces instead of UNK.
-  normalization: SentencePiece normalization rule, one of ``NORMALIZATIONS``.
-  num_sentinels: ids reserved at the end for span corruption (``<extra_id_N>``).
-  mode_tokens: single-id user symbols (UL2's ``[NLU]``, ``[NLG]``, ``[S2S]``).
-  preserve_whitespace: keep newlines, tabs and runs of spaces (needed for code).
-  split_digits: every digit its own piece.
-  character_coverage: share of characters covered by pieces (rest: bytes/UNK).
-  max_lines: at most this many lines (a seeded sample) are used for training.
-  seed: sampling and SentencePiece random seed.
-
-  Returns:
-    ``output_path``.
+  ``vocab_size`` is the total the SeqIO vocabulary will have, the ``num_sentinels`` ids
+  reserved at the end for span corruption (``<extra_id_N>``) included. ``model_type`` is
+  'bpe' or 'unigram'; ``normalization`` one of ``NORMALIZATIONS``. ``byte_fallback``
+  turns unknown characters into UTF-8 byte pieces instead of UNK; ``mode_tokens`` become
+  single-id user symbols (UL2's ``[NLU]``, ``[NLG]``, ``[S2S]``); ``preserve_whitespace``
+  keeps newlines, tabs and runs of spaces (needed for code); ``split_digits`` makes every
+  digit its own piece; ``character_coverage`` is the share of characters the pieces cover
+  (the rest: bytes or UNK). At most ``max_lines`` lines (a sample seeded by ``seed``, which
+  also seeds SentencePiece) are used.
   """
   import sentencepiece as spm  # pylint: disable=import-outside-toplevel
 
@@ -166,7 +163,7 @@ def _source_fingerprint(source: str) -> str:
 
 
 @gin.configurable
-def get_vocabulary(
+def seqio_vocabulary(
     source: str = "embedded",
     vocab_size: int = 4096,
     model_type: str = "bpe",

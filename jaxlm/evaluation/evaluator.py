@@ -33,6 +33,7 @@ import gin
 import jax
 import numpy as np
 
+from jaxlm.evaluation.report import flatten_metrics
 from jaxlm.inference.decoding import DecodeConfig, predict_batch_with_aux, until_eos
 from jaxlm.models import TransformerConfig, build_model
 from jaxlm.training.checkpointing import resolve_checkpoint, restore_params
@@ -65,21 +66,22 @@ def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[De
                     max_new_tokens: Union[int, Callable, None] = None, with_aux: bool = False):
   """seqio predict_fn(ds) -> [(index, tokens)] (with_aux: and {'scores': [...]}).
 
-  max_new_tokens: an int, a callable ds -> int or None, or None (DecodeConfig's, else the
+  decoding: DecodeConfig (default: DecodeConfig() as gin binds it). max_new_tokens, used
+  where decoding.max_new_tokens is None: an int, a callable ds -> int or None, or None (the
   batch's room: see decoding.batch_prompts).
   """
   decoding = decoding or DecodeConfig()
-  kw = {k: v for k, v in dataclasses.asdict(decoding).items() if k not in ("max_new_tokens", "seed")}
   key = jax.random.key(decoding.seed)
 
   def predict_fn(ds, model_feature_shapes=None):
     del model_feature_shapes
-    n_new = max_new_tokens(ds) if callable(max_new_tokens) else max_new_tokens
-    n_new = decoding.max_new_tokens or n_new
+    config = decoding
+    if config.max_new_tokens is None:
+      n_new = max_new_tokens(ds) if callable(max_new_tokens) else max_new_tokens
+      config = dataclasses.replace(config, max_new_tokens=n_new)
     outputs, scores = [], []
     for b, (indices, batch, n) in enumerate(iterate_batches(ds, batch_size)):
-      tokens, aux = predict_batch_with_aux(model, params, batch, max_new_tokens=n_new,
-                                           rng=jax.random.fold_in(key, b), **kw)
+      tokens, aux = predict_batch_with_aux(model, params, batch, config, rng=jax.random.fold_in(key, b))
       tokens, batch_scores = np.asarray(tokens)[:n], np.asarray(aux["scores"])[:n]
       outputs += [(int(i), until_eos(t, decoding.eos_id)) for i, t in zip(indices, tokens)]
       scores += [float(s) for s in batch_scores]
@@ -104,21 +106,15 @@ def make_score_fn(model, params, *, batch_size: int = 8):
   return score_fn
 
 
-def _to_python(value):
-  value = getattr(value, "value", value)  # seqio.metrics.Scalar and friends
-  if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
-    return float(value)
-  return value
-
-
-def flatten_metrics(results: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
-  """{task: {metric: v}} -> {'task/metric': v} with numpy scalars as floats."""
-  return {f"{task}/{name}": _to_python(v) for task, ms in results.items() for name, v in ms.items()}
-
-
+@gin.configurable(allowlist=["seed"])
 class Evaluator:
   """seqio.Evaluator(s) over the named tasks/mixtures, built once (datasets cached), run
-  on any params: `evaluate(params, step)` -> {task: {metric: value}}."""
+  on any params: `evaluate(params, step)` -> {task: {metric: value}}.
+
+  seed: seqio.Evaluator's dataset seed (random preprocessors), gin-bound as
+  `Evaluator.seed` for the eval job and periodic evaluation alike; decoding samples with
+  DecodeConfig.seed.
+  """
 
   def __init__(self, model, mixture_or_task_names: Names, feature_lengths: Optional[Mapping[str, int]] = None,
                split: str = "validation", batch_size: int = 8, num_examples: Optional[int] = None,
@@ -190,7 +186,7 @@ def resolve_task_names(mixture_or_task_names: Optional[Names] = None, task_modul
   if suite_tasks:
     from jaxlm.evaluation import suites  # pylint: disable=import-outside-toplevel
     specs = {name: tuple(spec) for name, spec in suite_tasks.items()}
-    names += [n for n in suites.register_tasks(specs, suite_vocabulary) if n not in names]
+    names += [n for n in suites.register_suite_tasks(specs, suite_vocabulary) if n not in names]
   if not names:
     raise ValueError("nothing to evaluate: give mixture_or_task_names or suite_tasks")
   return names
@@ -223,7 +219,7 @@ def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Option
 
   task_modules: modules to import first (they register seqio tasks, e.g. 'jaxlm.data.tasks').
   suite_tasks: {name: (kind, path)} local benchmark files registered by
-  jaxlm.evaluation.suites.register_tasks (vocabulary suite_vocabulary, default bytes); their
+  jaxlm.evaluation.suites.register_suite_tasks (vocabulary suite_vocabulary, default bytes); their
   names are evaluated too. output_dir: metrics.json ({'step': the restored step, 'metrics':
   {...}}) plus seqio's JSONL logs (predictions).
   params: evaluate these instead of restoring checkpoint_dir. Returns {'task/metric': value}.

@@ -18,7 +18,7 @@ import sys
 from typing import Mapping, Optional, Sequence
 
 from jaxlm.evaluation import code_exec, metrics
-from jaxlm.evaluation.files import FormatError, read_jsonl
+from jaxlm.jsonl import FormatError, read_jsonl
 
 
 def humaneval_path() -> str:

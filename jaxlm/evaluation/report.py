@@ -19,8 +19,8 @@ from typing import Any, Mapping, Optional, Sequence
 REPORT_NAME = "report.md"
 
 
-def flatten_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
-  """(task, metric, value) rows from ``{task: {metric: v}}`` or ``{metric: v}``."""
+def metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+  """(task, metric, value) rows from ``{task: {metric: v}}`` or ``{metric: v}`` (task '')."""
   rows = []
   for key, value in metrics.items():
     if isinstance(value, Mapping):
@@ -29,6 +29,21 @@ def flatten_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     else:
       rows.append(("", str(key), value))
   return rows
+
+
+def _to_python(value: Any) -> Any:
+  value = getattr(value, "value", value)  # seqio.metrics.Scalar and friends
+  if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy and jax scalars
+    value = value.item()
+    return float(value) if isinstance(value, (int, float)) else value
+  return value
+
+
+def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+  """``{task: {metric: v}}`` -> ``{'task/metric': v}`` (a flat ``{metric: v}`` keeps its
+  names), with seqio, numpy and jax scalars as Python numbers: the trainer's and the eval
+  job's record layout."""
+  return {f"{task}/{name}" if task else name: _to_python(v) for task, name, v in metric_rows(metrics)}
 
 
 def _format_value(v: Any) -> str:
@@ -130,7 +145,7 @@ def write_report(out_dir: str, metrics: Mapping[str, Any],
   first ``max_samples`` are shown. ``config``: optional run settings to list.
   """
   os.makedirs(out_dir, exist_ok=True)
-  rows = flatten_metrics(metrics)
+  rows = metric_rows(metrics)
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   lines = [f"# {title}", "", f"Generated {now}.", ""]
   if config:

@@ -14,11 +14,12 @@ Formats (``KINDS``), each a loader returning a list of dict examples:
 - ``last_word``: LAMBADA: JSONL with ``text``, or a text file with one passage per
   line; the target is the passage's last word.
 
-A malformed file raises ``FormatError`` naming the file and line. ``register_task``
-turns a file into a seqio Task (seqio is imported only there) with the matching
-metric fns; multiple choice is registered as rank classification (one row per
-choice, scored with a score metric fn). ``evaluate_multiple_choice`` /
-``evaluate_generation`` run the same metrics without seqio, given plain callables.
+A malformed file raises ``FormatError`` naming the file and line.
+``register_suite_task`` turns a benchmark file of one kind into an evaluation seqio Task
+(seqio is imported only there) with the matching metric fns; multiple choice is
+registered as rank classification (one row per choice, scored with a score metric fn).
+``evaluate_multiple_choice`` / ``evaluate_generation`` run the same metrics without
+seqio, given plain callables.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import re
 from typing import Callable, Mapping, Optional, Sequence
 
 from jaxlm.evaluation import humaneval, metrics
-from jaxlm.evaluation.files import FormatError, read_jsonl
+from jaxlm.jsonl import FormatError, read_jsonl
 
 KINDS = ("multiple_choice", "qa", "math", "code", "last_word")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -313,11 +314,13 @@ def _metric_fns(kind: str, problems: Optional[Mapping] = None) -> list:
   return [pass_at_1]
 
 
-def register_task(name: str, kind: str, path: Optional[str] = None, vocabulary=None,
-                  split: str = "validation", style: str = "letters",
-                  add_eos: Optional[bool] = None,
-                  examples: Optional[Sequence[Mapping]] = None):
-  """Registers ``path`` (or ready ``examples``) as seqio Task ``name``; returns it.
+def register_suite_task(name: str, kind: str, path: Optional[str] = None, vocabulary=None,
+                        split: str = "validation", style: str = "letters",
+                        add_eos: Optional[bool] = None,
+                        examples: Optional[Sequence[Mapping]] = None):
+  """Registers the benchmark file ``path`` of format ``kind`` (or ready ``examples``) as
+  the evaluation-only seqio Task ``name``, with the kind's metric fns; returns it.
+  (Training tasks over corpora are ``jaxlm.data.tasks.register_task``'s.)
 
   ``vocabulary`` defaults to ``seqio.ByteVocabulary()``. A task of the same name is
   replaced. Features: ``inputs`` / ``targets`` (tokenized; ``*_pretokenized`` kept)
@@ -360,8 +363,8 @@ def register_task(name: str, kind: str, path: Optional[str] = None, vocabulary=N
       metric_fns=_metric_fns(kind, problems))
 
 
-def register_tasks(specs: Mapping[str, tuple], vocabulary=None, **kwargs) -> list[str]:
-  """Registers ``{task_name: (kind, path)}``; returns the names. See ``register_task``."""
+def register_suite_tasks(specs: Mapping[str, tuple], vocabulary=None, **kwargs) -> list[str]:
+  """Registers ``{task_name: (kind, path)}``; returns the names. See ``register_suite_task``."""
   for name, (kind, path) in specs.items():
-    register_task(name, kind, path, vocabulary, **kwargs)
+    register_suite_task(name, kind, path, vocabulary, **kwargs)
   return list(specs)

@@ -3,7 +3,8 @@
 from jaxlm.inference.decoding import (DecodeConfig, DecodeOutput, brevity_penalty, filter_logits,
                                       generate, predict_batch, predict_batch_with_aux, select_tokens,
                                       until_eos)
-from jaxlm.inference.infer import ByteVocab, SentencePieceVocab, decode_texts, get_vocabulary, infer
+from jaxlm.inference.infer import decode_texts, infer
+from jaxlm.vocabularies import ByteVocab, SentencePieceVocab, get_vocabulary
 
 __all__ = ["DecodeConfig", "DecodeOutput", "brevity_penalty", "filter_logits", "generate",
            "predict_batch", "predict_batch_with_aux", "select_tokens", "until_eos", "decode_texts",

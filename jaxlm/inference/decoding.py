@@ -42,17 +42,50 @@ NEG_INF = -1.0e7  # finite, so that sums and divisions of dead hypotheses stay f
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-  """Every decoding knob; `dataclasses.asdict(cfg)` are `predict_batch`'s keyword arguments."""
-  method: str = "greedy"                  # "greedy", "sample" or "beam"
-  max_new_tokens: Optional[int] = None    # None: derived from the batch (see predict_batch)
-  temperature: float = 1.0                # sample only; 0 is greedy
-  top_k: int = 0                          # sample only; 0 keeps all tokens
-  top_p: float = 1.0                      # sample only; 1.0 keeps all tokens
-  num_beams: int = 4                      # beam only
-  length_penalty: float = 0.6             # beam only: alpha of ((5 + len) / 6) ** alpha; 0: log p
-  eos_id: Optional[int] = 1               # None: always decode max_new_tokens
-  seed: int = 0                           # sampling key (jax.random.key(seed)) unless rng is given
-  prompt_bucket: int = 16                 # prompts are padded to a multiple of this (fewer compiles)
+  """Every decoding knob; `generate` and `predict_batch` take it whole.
+
+  The defaults decode greedily and stop at EOS id 1 (SeqIO vocabularies' EOS), so a run
+  file binds only what it changes.
+    method          'greedy', 'sample' or 'beam' (see the module docstring).
+    max_new_tokens  tokens to decode after each prompt. None: the caller sizes it
+                    (predict_batch: the room the shortest prompt leaves in the batch's rows;
+                    the evaluator: the task's longest target); generate needs a number.
+    temperature     sample: logits are divided by it; 0 is greedy.
+    top_k           sample: keep the top_k most likely tokens; 0 keeps all.
+    top_p           sample: keep the top_p nucleus, in (0, 1]; 1.0 keeps all.
+    num_beams       beam: hypotheses kept per prompt.
+    length_penalty  beam: alpha of ((5 + length) / 6) ** alpha; 0 ranks by log p.
+    eos_id          decoding of a row stops after it; None: always max_new_tokens.
+    seed            generate's sampling key is jax.random.key(seed) unless it is given rng.
+    prompt_bucket   prompts are padded to a multiple of this many tokens before generate
+                    sees them (predict_batch, infer.tokenize_prompts), so nearby prompt
+                    lengths share one compiled program; 1: the longest prompt's width.
+  An invalid value raises ValueError naming the field.
+  """
+  method: str = "greedy"
+  max_new_tokens: Optional[int] = None
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  num_beams: int = 4
+  length_penalty: float = 0.6
+  eos_id: Optional[int] = 1
+  seed: int = 0
+  prompt_bucket: int = 16
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"DecodeConfig.method={self.method!r}: must be one of {METHODS}")
+    if self.max_new_tokens is not None and self.max_new_tokens < 1:
+      raise ValueError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} must be >= 1 (or None)")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"DecodeConfig.top_p={self.top_p} must be in (0, 1]")
+    for field in ("temperature", "top_k"):
+      if getattr(self, field) < 0:
+        raise ValueError(f"DecodeConfig.{field}={getattr(self, field)} must be >= 0")
+    for field in ("num_beams", "prompt_bucket"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"DecodeConfig.{field}={getattr(self, field)} must be >= 1")
 
 
 class DecodeOutput(NamedTuple):
@@ -224,35 +257,31 @@ def _beam_loop(model, params, cache, logits, lengths, *, max_new_tokens, eos_id,
 
 
 # ---- entry points ----
-@functools.partial(jax.jit, static_argnames=(
-    "model", "max_new_tokens", "method", "temperature", "top_k", "top_p", "num_beams",
-    "length_penalty", "eos_id"))
-def _generate(model, params, prompt, prompt_mask, encoder_input_tokens, rng, *, max_new_tokens,
-              method, temperature, top_k, top_p, num_beams, length_penalty, eos_id):
-  logits, cache, lengths = prefill(model, params, prompt, prompt_mask, encoder_input_tokens,
-                                   max_new_tokens)
-  if method == "beam":
-    return _beam_loop(model, params, cache, logits, lengths, max_new_tokens=max_new_tokens,
-                      eos_id=eos_id, num_beams=num_beams, alpha=length_penalty)
-  return _sample_loop(model, params, cache, logits, lengths, rng, max_new_tokens=max_new_tokens,
-                      eos_id=eos_id, greedy=method == "greedy", temperature=temperature,
-                      top_k=top_k, top_p=top_p)
+@functools.partial(jax.jit, static_argnames=("model", "config"))
+def _generate(model, params, prompt, prompt_mask, encoder_input_tokens, rng, *, config: DecodeConfig):
+  n = config.max_new_tokens
+  logits, cache, lengths = prefill(model, params, prompt, prompt_mask, encoder_input_tokens, n)
+  if config.method == "beam":
+    return _beam_loop(model, params, cache, logits, lengths, max_new_tokens=n, eos_id=config.eos_id,
+                      num_beams=config.num_beams, alpha=config.length_penalty)
+  return _sample_loop(model, params, cache, logits, lengths, rng, max_new_tokens=n, eos_id=config.eos_id,
+                      greedy=config.method == "greedy", temperature=config.temperature,
+                      top_k=config.top_k, top_p=config.top_p)
 
 
 def generate(model, params, prompt=None, prompt_mask=None, encoder_input_tokens=None, *,
-             max_new_tokens: int, method: str = "greedy", temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, num_beams: int = 4, length_penalty: float = 0.6,
-             eos_id: Optional[int] = 1, rng=None, seed: int = 0) -> DecodeOutput:
-  """Decodes up to max_new_tokens after each prompt (see the module docstring for layouts).
+             config: DecodeConfig, rng=None) -> DecodeOutput:
+  """Decodes config.max_new_tokens tokens after each prompt (layouts: the module docstring).
 
   prompt [b, P] right-padded (prompt_mask [b, P], default: all of it). Decoder-only models
   need it (BOS 0 first); encoder-decoders take encoder_input_tokens [b, S] (0 = padding)
-  and default the decoder prompt to BOS.
+  and default the decoder prompt to BOS. rng: the sampling key (default:
+  jax.random.key(config.seed)). config.prompt_bucket is not read here: the prompt is
+  decoded at the width it comes in.
   """
-  if method not in METHODS:
-    raise ValueError(f"method={method!r}: must be one of {METHODS}")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+  if config.max_new_tokens is None:
+    raise ValueError("generate needs DecodeConfig.max_new_tokens (None is for callers that size it, "
+                     "such as predict_batch)")
   is_enc_dec = model.config.arch == "encoder_decoder"
   if is_enc_dec and encoder_input_tokens is None:
     raise ValueError("encoder_decoder models need encoder_input_tokens")
@@ -266,30 +295,35 @@ def generate(model, params, prompt=None, prompt_mask=None, encoder_input_tokens=
   prompt_mask = jnp.ones_like(prompt) if prompt_mask is None else jnp.asarray(prompt_mask, jnp.int32)
   if encoder_input_tokens is not None:
     encoder_input_tokens = jnp.asarray(encoder_input_tokens, jnp.int32)
-  if model.config.position == "learned" and prompt.shape[1] + max_new_tokens > model.config.max_len:
-    raise ValueError(f"prompt width {prompt.shape[1]} + max_new_tokens {max_new_tokens} exceeds "
+  n = config.max_new_tokens
+  if model.config.position == "learned" and prompt.shape[1] + n > model.config.max_len:
+    raise ValueError(f"prompt width {prompt.shape[1]} + DecodeConfig.max_new_tokens={n} exceeds "
                      f"TransformerConfig.max_len={model.config.max_len} (learned positions)")
-  if method == "sample" and not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p={top_p} must be in (0, 1]")
-  rng = jax.random.key(seed) if rng is None else rng
-  return _generate(model, params, prompt, prompt_mask, encoder_input_tokens, rng,
-                   max_new_tokens=int(max_new_tokens), method=method, temperature=float(temperature),
-                   top_k=int(top_k), top_p=float(top_p), num_beams=int(num_beams),
-                   length_penalty=float(length_penalty), eos_id=eos_id)
+  rng = jax.random.key(config.seed) if rng is None else rng
+  # The compiled program does not read seed or prompt_bucket: one compilation for all of them.
+  program = dataclasses.replace(config, seed=0, prompt_bucket=1)
+  return _generate(model, params, prompt, prompt_mask, encoder_input_tokens, rng, config=program)
 
 
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple if multiple > 1 else x
+def best_hypotheses(out: DecodeOutput) -> DecodeOutput:
+  """Beam search's best hypothesis of each row (tokens [b, n], the rest [b]); a greedy or
+  sampled output as it is."""
+  return DecodeOutput(*(x[:, 0] for x in out)) if out.tokens.ndim == 3 else out
 
 
-def batch_prompts(model, batch: Mapping[str, Any], prompt_bucket: int = 16):
-  """(prompt, prompt_mask, encoder_input_tokens, default max_new_tokens) of a SeqIO batch.
+def round_up_to_bucket(length: int, bucket: int) -> int:
+  """length rounded up to a multiple of bucket (DecodeConfig.prompt_bucket; 1: length)."""
+  return -(-length // bucket) * bucket
+
+
+def batch_prompts(model, batch: Mapping[str, Any], prompt_bucket: int):
+  """(prompt, prompt_mask, encoder_input_tokens, room) of a SeqIO batch.
 
   Decoder-only: the prompt is decoder_input_tokens where decoder_causal_attention is 1
   (PrefixLM batches: BOS + inputs); without decoder_causal_attention only the BOS. The
-  prompt width is the longest prompt rounded up to prompt_bucket; max_new_tokens defaults
-  to the room the shortest prompt leaves in the row. Encoder-decoder: the encoder input,
-  and max_new_tokens defaults to the decoder width (if the batch has decoder features).
+  prompt width is the longest prompt rounded up to prompt_bucket; room is what the
+  shortest prompt leaves in the row. Encoder-decoder: the encoder input, and room is the
+  decoder width (None if the batch has no decoder features).
   """
   if model.config.arch == "encoder_decoder":
     enc = np.asarray(batch["encoder_input_tokens"])
@@ -302,39 +336,35 @@ def batch_prompts(model, batch: Mapping[str, Any], prompt_bucket: int = 16):
   else:
     lengths = np.zeros((b,), np.int32)
   lengths = np.maximum(lengths, 1)
-  p = min(width, _round_up(int(lengths.max()), prompt_bucket))
+  p = min(width, round_up_to_bucket(int(lengths.max()), prompt_bucket))
   mask = (np.arange(p)[None] < lengths[:, None]).astype(np.int32)
   return tokens[:, :p] * mask, mask, None, max(1, int(width - lengths.min()))
 
 
-def predict_batch_with_aux(model, params, batch: Mapping[str, Any], *, max_new_tokens: Optional[int] = None,
-                           prompt_bucket: int = 16, return_all_beams: bool = False, **decode_kwargs):
+def predict_batch_with_aux(model, params, batch: Mapping[str, Any], config: Optional[DecodeConfig] = None,
+                           rng=None, return_all_beams: bool = False):
   """(tokens [b, n], aux) for a SeqIO-feature batch; the t5x predict_batch_with_aux role.
 
-  aux: 'scores' and 'logprobs' and 'lengths' [b] of the returned (best) sequences, and with
-  return_all_beams also 'beams' [b, k, n] and 'beam_scores' [b, k]. decode_kwargs are
-  `generate`'s (DecodeConfig's fields).
+  config: DecodeConfig (default: DecodeConfig() as gin binds it); its max_new_tokens None
+  decodes the room the batch leaves (see batch_prompts). aux: 'scores', 'logprobs' and
+  'lengths' [b] of the returned (best) sequences, and with return_all_beams (beam search)
+  also 'beams' [b, k, n] and 'beam_scores' [b, k].
   """
-  prompt, mask, enc, default_n = batch_prompts(model, batch, prompt_bucket)
-  n = max_new_tokens or default_n
-  if n is None:
-    raise ValueError("max_new_tokens is needed: the batch has no decoder features to size it by")
-  out = generate(model, params, prompt, mask, enc, max_new_tokens=n, **decode_kwargs)
-  if out.tokens.ndim == 3:  # beam search: the best hypothesis first
-    aux = {"scores": out.scores[:, 0], "logprobs": out.logprobs[:, 0], "lengths": out.lengths[:, 0]}
-    if return_all_beams:
-      aux.update(beams=out.tokens, beam_scores=out.scores)
-    return out.tokens[:, 0], aux
-  return out.tokens, {"scores": out.scores, "logprobs": out.logprobs, "lengths": out.lengths}
+  config = config or DecodeConfig()
+  prompt, mask, enc, room = batch_prompts(model, batch, config.prompt_bucket)
+  if config.max_new_tokens is None:
+    if room is None:
+      raise ValueError("DecodeConfig.max_new_tokens is None and the batch has no decoder features "
+                       "to size it by")
+    config = dataclasses.replace(config, max_new_tokens=room)
+  out = generate(model, params, prompt, mask, enc, config=config, rng=rng)
+  best = best_hypotheses(out)
+  aux = {"scores": best.scores, "logprobs": best.logprobs, "lengths": best.lengths}
+  if return_all_beams and out.tokens.ndim == 3:
+    aux.update(beams=out.tokens, beam_scores=out.scores)
+  return best.tokens, aux
 
 
-def predict_batch(model, params, batch: Mapping[str, Any], **decode_kwargs):
+def predict_batch(model, params, batch: Mapping[str, Any], config: Optional[DecodeConfig] = None, rng=None):
   """Decoded tokens [b, n] for a SeqIO-feature batch (t5x's predict_batch role)."""
-  return predict_batch_with_aux(model, params, batch, **decode_kwargs)[0]
-
-
-def decode_kwargs(config: Optional[DecodeConfig] = None, **overrides) -> dict:
-  """predict_batch keyword arguments from a DecodeConfig (gin) plus overrides."""
-  kw = dataclasses.asdict(config or DecodeConfig())
-  kw.update(overrides)
-  return kw
+  return predict_batch_with_aux(model, params, batch, config, rng)[0]

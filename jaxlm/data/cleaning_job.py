@@ -1,6 +1,7 @@
-"""The cleaning pipeline: stages over a corpus, and a report of what each removed.
+"""The cleaning job: the stages of cleaning.py, dedup.py and pii.py run over a JSONL
+corpus, with a report of what each removed.
 
-    python -m jaxlm.data.clean --input in.jsonl --output out.jsonl [--report report.json]
+    python -m jaxlm.data.cleaning_job --input in.jsonl --output out.jsonl [--report report.json]
         [--text_key text] [--stages language,quality,...] [--eval_sets evalA.jsonl,...]
         [--blocklist words.txt] [--near_dup_threshold 0.8] [--max_doc_chars 1000000]
         [--gin_file f.gin] [--gin_param 'NearDedup.threshold = 0.9']
@@ -32,6 +33,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 import gin
 
 from jaxlm.data import cleaning, dedup, pii, sources
+from jaxlm.jsonl import FormatError, read_jsonl
 
 STAGE_NAMES = ("language", "quality", "repetition", "keywords", "repeated_sentences", "exact_dedup",
                "near_dedup", "decontamination", "perplexity", "pii")
@@ -139,18 +141,18 @@ def read_records(paths: Sequence[str], pipeline: CleaningPipeline, text_key: str
   """Valid records of JSONL files; problems are counted in ``pipeline.input`` and skipped."""
   stats = pipeline.input
   for path in paths:
-    for lineno, record in sources.iter_jsonl_records(path):
+    for lineno, record in read_jsonl(path, errors="yield"):
       stats.docs_in += 1
-      if isinstance(record, sources.RecordError):
-        reason = "invalid_utf8" if "UTF-8" in str(record) else "invalid_json"
+      if isinstance(record, FormatError):
+        reason = "invalid_utf8" if "UTF-8" in record.reason else "invalid_json"
       elif not isinstance(record.get(text_key), str):
-        reason, record = "no_text_field", sources.RecordError(f"{path}:{lineno}: no string field {text_key!r}")
+        reason, record = "no_text_field", FormatError(path, lineno, f"no string field {text_key!r}")
       elif not record[text_key].strip():
-        reason, record = "empty", sources.RecordError(f"{path}:{lineno}: empty document")
+        reason, record = "empty", FormatError(path, lineno, "empty document")
       elif len(record[text_key]) > max_doc_chars:
         reason = "oversized"
-        record = sources.RecordError(f"{path}:{lineno}: document of {len(record[text_key])} characters "
-                                     f"> max_doc_chars={max_doc_chars}")
+        record = FormatError(path, lineno, f"document of {len(record[text_key])} characters "
+                                           f"> max_doc_chars={max_doc_chars}")
       else:
         stats.tokens_in += count_tokens(record[text_key])
         yield record
@@ -178,7 +180,7 @@ def clean_jsonl(inputs: Sequence[str], output: str, pipeline: Optional[CleaningP
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxlm.data.clean", description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m jaxlm.data.cleaning_job", description=__doc__.split("\n\n")[0])
   parser.add_argument("--input", required=True, help="JSONL file(s) or glob(s), comma-separated")
   parser.add_argument("--output", required=True)
   parser.add_argument("--report", default=None, help="report JSON (default OUTPUT.report.json)")

@@ -1,0 +1,66 @@
+"""The core vocabularies and the special ids every jaxlm vocabulary shares.
+
+Id layout (T5/SeqIO convention): ``PAD_ID`` 0 (also the decoder's BOS), ``EOS_ID`` 1,
+``UNK_ID`` 2, no separate BOS. :class:`ByteVocab` has seqio.ByteVocabulary's ids (UTF-8
+byte + 3); :class:`SentencePieceVocab` reads a SentencePiece model file (one that
+``jaxlm.data.vocab`` trained has exactly this layout). :func:`get_vocabulary` turns a
+gin-friendly spec ('byte' or a model path) into one of them. No TensorFlow, no SeqIO:
+the decoder and the ``infer`` job use these; ``jaxlm.data.vocab`` trains the
+SentencePiece models and wraps them as SeqIO vocabularies with the same ids.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Sequence, Union
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+
+def _until_eos(ids: Sequence[int], eos_id: int) -> list:
+  from jaxlm.inference.decoding import until_eos  # pylint: disable=import-outside-toplevel
+
+  return until_eos(ids, eos_id)
+
+
+class ByteVocab:
+  """UTF-8 bytes offset by 3, the ids of seqio.ByteVocabulary."""
+  pad_id, eos_id, unk_id = PAD_ID, EOS_ID, UNK_ID
+  offset = 3
+  vocab_size = 256 + 3
+
+  def encode(self, text: str) -> List[int]:
+    return [b + self.offset for b in text.encode("utf-8")]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ids = _until_eos(ids, self.eos_id)
+    data = bytes(i - self.offset for i in ids if self.offset <= i < self.vocab_size)
+    return data.decode("utf-8", errors="ignore")
+
+
+class SentencePieceVocab:
+  """A SentencePiece model file; ids past the model's pieces (SeqIO sentinels) decode to ''."""
+
+  def __init__(self, path: str):
+    import sentencepiece  # pylint: disable=import-outside-toplevel
+    self.path = path
+    self.sp = sentencepiece.SentencePieceProcessor(model_file=path)
+    self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else EOS_ID
+    self.vocab_size = self.sp.get_piece_size()
+
+  def encode(self, text: str) -> List[int]:
+    return list(self.sp.encode(text))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ids = [i for i in _until_eos(ids, self.eos_id) if 0 < int(i) < self.vocab_size]
+    return self.sp.decode(ids)
+
+
+def get_vocabulary(vocabulary: Union[str, Any]):
+  """'byte', a SentencePiece model path, or an object with encode/decode (returned as is)."""
+  if not isinstance(vocabulary, str):
+    return vocabulary
+  if vocabulary == "byte":
+    return ByteVocab()
+  if not os.path.exists(vocabulary):
+    raise FileNotFoundError(f"vocabulary {vocabulary!r}: not 'byte' and no such SentencePiece model")
+  return SentencePieceVocab(vocabulary)
