@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence
 
 import gin
 

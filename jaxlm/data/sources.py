@@ -30,7 +30,7 @@ import os
 import sys
 import sysconfig
 import tempfile
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from jaxlm.jsonl import FormatError, read_jsonl
 

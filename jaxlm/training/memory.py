@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Optional, Tuple
 
-import jax
 
 GiB = 1024 ** 3
 
