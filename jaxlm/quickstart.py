@@ -4,8 +4,8 @@
 
 Stages (gin_configs/runs/quickstart.gin configures every one):
   1. clean the sources (default: the embedded prose and code corpora) with
-     jaxlm.data.clean's pipeline and print what each stage removed; add generated
-     reasoning problems (jaxlm.data.synthetic) to the training data;
+     jaxlm.data.cleaning_job's pipeline and print what each stage removed; add generated
+     reasoning problems (jaxlm.data.word_problems) to the training data;
   2. train a SentencePiece tokenizer on the cleaned training split;
   3. register the SeqIO tasks and the mixture, and pretrain with jaxlm.training.trainer
      (progress bar, TensorBoard, checkpoints; Ctrl-C checkpoints and stops, and the next
@@ -27,21 +27,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
 
-from jaxlm.data import clean, synthetic
+from jaxlm.data import cleaning_job, word_problems
 from jaxlm.data import sources as sources_lib
 from jaxlm.data import tasks as tasks_lib
 from jaxlm.data import vocab as vocab_lib
 from jaxlm.evaluation import metrics as metrics_lib
 from jaxlm.evaluation import report as report_lib
-from jaxlm.evaluation.files import read_jsonl
+from jaxlm.jsonl import read_jsonl
 from jaxlm.inference.decoding import DecodeConfig
 from jaxlm.inference.infer import decode_texts
-from jaxlm.models import TransformerConfig, build_model
-from jaxlm.models.model import cross_entropy
 
-PROSE_STAGES = clean.STAGE_NAMES
+PROSE_STAGES = cleaning_job.STAGE_NAMES
 CODE_STAGES = ("exact_dedup", "near_dedup", "pii")  # prose filters would drop most code
 DEFAULT_PROMPTS = ("The module provides", "def read_lines(path):",
                    "Q: What number comes after 41?\nA:")
@@ -66,7 +63,7 @@ def _documents(spec: str, limit: Optional[int]) -> List[Dict[str, Any]]:
 
 
 def prepare_corpus(data_dir: str, source_specs: Sequence[str], max_documents: Optional[int],
-                   reasoning_documents: int, seed: int, validation_percent: int = 5) -> Dict[str, str]:
+                   reasoning_documents: int, seed: int, validation_percent: int) -> Dict[str, str]:
   """Stage 1: cleaned train/validation JSONL per source plus generated reasoning documents.
   Returns {'train', 'validation', 'reasoning'} paths; skips the work if already done."""
   paths = {s: os.path.join(data_dir, f"{s}.jsonl") for s in ("train", "validation", "reasoning")}
@@ -79,7 +76,7 @@ def prepare_corpus(data_dir: str, source_specs: Sequence[str], max_documents: Op
   splits, reports = {"train": [], "validation": []}, {}
   for spec in source_specs:
     stages = CODE_STAGES if spec == "embedded_code" else PROSE_STAGES
-    pipeline = clean.default_cleaning_pipeline(stages=stages)
+    pipeline = cleaning_job.default_cleaning_pipeline(stages=stages)
     docs = _documents(spec, max_documents)
     for record in pipeline.run(docs):
       splits[_split(record, validation_percent)].append({"text": record["text"], "source": spec})
@@ -93,7 +90,7 @@ def prepare_corpus(data_dir: str, source_specs: Sequence[str], max_documents: Op
                        f"give more documents (quickstart.max_documents_per_source)")
     random.Random(seed).shuffle(records)
     _write_jsonl(paths[split], records)
-  _write_jsonl(paths["reasoning"], synthetic.documents(reasoning_documents, "train", seed=seed))
+  _write_jsonl(paths["reasoning"], word_problems.documents(reasoning_documents, "train", seed=seed))
   sources_lib.atomic_write(report_path, json.dumps(reports, indent=1))
   _say(f"\ntrain {len(splits['train'])} / validation {len(splits['validation'])} documents, "
        f"plus {reasoning_documents} generated reasoning documents -> {data_dir}")
@@ -107,7 +104,7 @@ def prepare_vocabulary(data_dir: str, paths: Dict[str, str], vocab_size: int, se
     _say(f"[2/6] tokenizer {model_path} (cached)")
   else:
     _say(f"[2/6] training a SentencePiece tokenizer ({vocab_size} ids)")
-    texts = [r["text"] for p in (paths["train"], paths["reasoning"]) for r in sources_lib.read_jsonl(p)]
+    texts = [r["text"] for p in (paths["train"], paths["reasoning"]) for r in sources_lib.read_jsonl_documents(p)]
     vocab_lib.train_sentencepiece(texts, model_path, vocab_size=vocab_size, seed=seed)
   return vocab_lib.load_vocabulary(model_path)
 
@@ -126,10 +123,10 @@ def register_quickstart_mixture(name: str, paths: Dict[str, str], vocabulary, ob
 
 @functools.partial(jax.jit, static_argnums=0)
 def _token_logprobs(model, params, inputs, targets):
-  """log p(targets[i] | inputs[:i + 1]) per position: [b, t]."""
-  logits, _ = model.apply(params, {"decoder_input_tokens": inputs, "decoder_target_tokens": targets})
-  nll, _, _ = cross_entropy(logits, targets, jnp.ones(targets.shape, jnp.float32))
-  return -nll
+  """log p(targets[i] | inputs[:i + 1]) per position [b, t], by the model's score_batch
+  (0 at padding targets; rolling_loglikelihood weights the positions it scores)."""
+  return model.score_batch(params, {"decoder_input_tokens": inputs, "decoder_target_tokens": targets},
+                           per_token=True)
 
 
 def held_out_perplexity(model, params, texts: Sequence[str], vocabulary, length: int, batch_size: int):
@@ -148,14 +145,15 @@ def _decode(model, params, vocabulary, prompts: Sequence[str], max_new_tokens: i
   return [r["output"] for r in rows]
 
 
-def reasoning_eval(model, params, vocabulary, num_problems: int, num_shots: int, max_prompt: int,
-                   batch_size: int, seed: int):
-  """Few-shot accuracy on held-out generated problems: (metrics, [samples])."""
-  demos = synthetic.problems(num_shots, "train", seed=seed + 1)
-  problems = synthetic.problems(num_problems, "validation", seed=seed)
-  prompts = [synthetic.few_shot_prompt(demos, p) for p in problems]
+def reasoning_eval(model, params, vocabulary, num_problems: int, num_shots: int, max_new_tokens: int,
+                   max_prompt: int, batch_size: int, seed: int, demo_seed: int):
+  """Few-shot accuracy on held-out generated problems: (metrics, [samples]). The problems
+  come from the validation split with `seed`, the demonstrations from train with `demo_seed`."""
+  demos = word_problems.problems(num_shots, "train", seed=demo_seed)
+  problems = word_problems.problems(num_problems, "validation", seed=seed)
+  prompts = [word_problems.few_shot_prompt(demos, p) for p in problems]
   outputs = [o.split("\n\n")[0].split("\nQ:")[0] for o in
-             _decode(model, params, vocabulary, prompts, 24, max_prompt, batch_size)]
+             _decode(model, params, vocabulary, prompts, max_new_tokens, max_prompt, batch_size)]
   result = metrics_lib.reasoning_accuracy([p["solution"] for p in problems], outputs)
   samples = [{"question": p["question"], "output": o, "answer": p["answer"]}
              for p, o in zip(problems, outputs)]
@@ -183,18 +181,33 @@ def quickstart(model_dir: str = gin.REQUIRED,
                mixture_name: str = "quickstart_mix",
                eval_documents: int = 64,
                eval_tokens_per_document: int = 1024,
+               validation_percent: int = 5,
                reasoning_problems: int = 32,
                num_shots: int = 2,
+               reasoning_max_new_tokens: int = 24,
                prompts: Sequence[str] = DEFAULT_PROMPTS,
                max_new_tokens: int = 48,
                eval_batch_size: int = 16,
-               seed: int = 0) -> Dict[str, Any]:
+               report_reasoning_samples: int = 4,
+               seed: int = 0,
+               demo_seed: int = 1) -> Dict[str, Any]:
   """Runs the six stages (see the module docstring); returns the metrics, or {} when the
-  training was interrupted (run again to resume)."""
+  training was interrupted (run again to resume).
+
+  The training itself is `train()` as gin binds it (runs/quickstart.gin: the model, the
+  steps, the learning rate, and the data: DataPipeline over `mixture_name`). Held-out
+  perplexity scores the first eval_documents validation documents, each cut to
+  eval_tokens_per_document words, in rolling windows of sequence_length; the reasoning
+  eval asks reasoning_problems held-out problems (seed) after num_shots demonstrations
+  (demo_seed) and reads up to reasoning_max_new_tokens of each answer; the report shows
+  the `prompts`' continuations and report_reasoning_samples of the reasoning answers.
+  validation_percent of the cleaned documents are held out."""
   from jaxlm.training.trainer import train  # pylint: disable=import-outside-toplevel
-  settings = json.dumps([list(sources), max_documents_per_source, reasoning_documents, seed])
+  settings = json.dumps([list(sources), max_documents_per_source, reasoning_documents, seed,
+                         validation_percent])
   data_dir = os.path.join(model_dir, "data", hashlib.sha1(settings.encode()).hexdigest()[:10])
-  paths = prepare_corpus(data_dir, sources, max_documents_per_source, reasoning_documents, seed)
+  paths = prepare_corpus(data_dir, sources, max_documents_per_source, reasoning_documents, seed,
+                         validation_percent)
   vocabulary = prepare_vocabulary(data_dir, paths, vocab_size, seed)
   register_quickstart_mixture(mixture_name, paths, vocabulary)
 
@@ -205,21 +218,21 @@ def quickstart(model_dir: str = gin.REQUIRED,
     return {}
 
   _say("[4/6] evaluating")
-  config = TransformerConfig()
-  model = build_model(config)
-  params = result.state.params
+  model, params = result.model, result.state.params
+  config = model.config
   untrained = model.init(jax.random.key(seed), model.dummy_batch(1, sequence_length))
-  texts = [r["text"] for r in sources_lib.read_jsonl(paths["validation"])][:eval_documents]
+  texts = [r["text"] for r in sources_lib.read_jsonl_documents(paths["validation"])][:eval_documents]
   texts = [" ".join(t.split(" ")[:eval_tokens_per_document]) for t in texts]  # bounded eval cost
   held_out = held_out_perplexity(model, params, texts, vocabulary, sequence_length, eval_batch_size)
   baseline = held_out_perplexity(model, untrained, texts, vocabulary, sequence_length, eval_batch_size)
   held_out["untrained_perplexity"] = baseline["perplexity"]
   held_out["ratio_to_untrained"] = held_out["perplexity"] / baseline["perplexity"]
-  reasoning, reasoning_samples = reasoning_eval(model, params, vocabulary, reasoning_problems, num_shots,
-                                                sequence_length - 24, eval_batch_size, seed)
-  reasoning["untrained_accuracy"] = reasoning_eval(model, untrained, vocabulary, reasoning_problems,
-                                                   num_shots, sequence_length - 24, eval_batch_size,
-                                                   seed)[0]["accuracy"]
+  reasoning_args = dict(vocabulary=vocabulary, num_problems=reasoning_problems, num_shots=num_shots,
+                        max_new_tokens=reasoning_max_new_tokens,
+                        max_prompt=sequence_length - reasoning_max_new_tokens,
+                        batch_size=eval_batch_size, seed=seed, demo_seed=demo_seed)
+  reasoning, reasoning_samples = reasoning_eval(model, params, **reasoning_args)
+  reasoning["untrained_accuracy"] = reasoning_eval(model, untrained, **reasoning_args)[0]["accuracy"]
   metrics = {"held-out text": held_out, f"reasoning ({num_shots}-shot, held-out facts)": reasoning}
   for task, values in metrics.items():
     _say(f"  {task}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -235,7 +248,8 @@ def quickstart(model_dir: str = gin.REQUIRED,
   step = int(result.state.step)
   path = report_lib.write_report(
       model_dir, metrics, loss_curve=loss_curve(model_dir),
-      samples=samples + [{"kind": "reasoning", **s} for s in reasoning_samples[:4]],
+      samples=samples + [{"kind": "reasoning", **s}
+                         for s in reasoning_samples[:report_reasoning_samples]],
       title=f"jaxlm quickstart: step {step}",
       config={"model": f"{config.arch}, {config.num_layers} layers, d_model {config.d_model}, "
                        f"{model.num_params(params):,} parameters",

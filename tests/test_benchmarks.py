@@ -1,6 +1,7 @@
 """The benchmark harnesses: no TensorFlow on import, and each runs end to end on the tiny
 config and writes the JSON fields the README tables are made from."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,6 +24,20 @@ def _run(args, tmp_path):
 def _positive(record, keys):
   for key in keys:
     assert isinstance(record[key], (int, float)) and record[key] > 0, (key, record[key])
+
+
+def _tiny_num_params(**overrides) -> int:
+  """The parameter count of gin_configs/models/tiny_decoder.gin, as jaxlm.main builds it."""
+  import gin
+  from jaxlm.main import parse_gin
+  from jaxlm.models import TransformerConfig, build_model
+  gin.clear_config()
+  try:
+    parse_gin([TINY.split("=", 1)[1]], [f"TransformerConfig.{k} = {v}" for k, v in overrides.items()])
+    model = build_model(TransformerConfig())
+    return model.num_params(model.param_shapes())
+  finally:
+    gin.clear_config()
 
 
 def _environment(record):
@@ -50,6 +65,9 @@ def test_train_throughput_end_to_end(tmp_path, levers):
     assert record["mfu"] is None  # CPU: no peak FLOP/s known
   assert record["command"].startswith("python -m benchmarks.train_throughput " + TINY)
   assert record["config"]["num_layers"] == 3
+  assert record["num_params"] == _tiny_num_params(num_layers=3)
+  # uniform random tokens over 256 ids: a fresh model's loss starts near ln(256) = 5.55
+  assert record["loss_first_step"] == pytest.approx(math.log(256), abs=0.3)
   assert record["config"]["scan_layers"] == ("--scan" in levers)
   assert record["config"]["remat_policy"] == ("dots" if levers else "none")
   assert record["num_microbatches"] == (2 if levers else 1)
@@ -67,5 +85,6 @@ def test_decode_throughput_end_to_end(tmp_path):
                   "ttft_compile_s", "peak_memory_bytes"))
     assert r["new_tokens_per_second"] == pytest.approx(r["batch"] * 4 / r["call_time_mean_s"])
     assert r["per_token_ms"] >= 0
-  assert record["method"] == "greedy" and record["new_tokens"] == 4 and record["num_params"] > 0
+  assert record["method"] == "greedy" and record["new_tokens"] == 4
+  assert record["num_params"] == _tiny_num_params()
   _environment(record)

@@ -103,3 +103,25 @@ def test_option_combination_runs_forward_and_backward(options):
 def test_conflicting_options_are_rejected_naming_the_fields(fields, message):
   with pytest.raises(ValueError, match=message):
     build_model(TransformerConfig(**fields))
+
+
+@pytest.mark.parametrize("num_experts", [0, 4])
+def test_scanned_layers_match_unrolled_layers_on_the_same_weights(num_experts):
+  base = dict(vocab_size=53, d_model=32, num_layers=3, num_heads=4, d_ff=48, max_len=32,
+              num_experts=num_experts, norm_position="deepnorm")
+  unrolled = build_model(TransformerConfig(**base))
+  scanned = build_model(TransformerConfig(**base, scan_layers=True))
+  batch = unrolled.dummy_batch(2, 10)
+  batch["decoder_input_tokens"] = np.random.RandomState(0).randint(1, 53, (2, 10)).astype(np.int32)
+  params = unrolled.init(jax.random.key(0), batch)
+  decoder = dict(params["decoder"])
+  layers = [decoder.pop(f"layers_{i}") for i in range(3)]
+  decoder["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  stacked = {**params, "decoder": decoder}
+  assert jax.tree.structure(stacked) == jax.tree.structure(scanned.param_shapes(batch))
+
+  logits, aux = unrolled.apply(params, batch)
+  scan_logits, scan_aux = scanned.apply(stacked, batch)
+  np.testing.assert_allclose(np.asarray(scan_logits), np.asarray(logits), atol=1e-5)
+  np.testing.assert_allclose(float(scan_aux), float(aux), rtol=1e-6)
+  assert (float(aux) > 0) == bool(num_experts)

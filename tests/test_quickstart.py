@@ -6,11 +6,14 @@ the gin file are the real ones.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
 import subprocess
 import sys
+
+import gin
 
 from train_helpers import ROOT, interrupt, subprocess_env
 
@@ -62,3 +65,24 @@ def test_quickstart_interrupted_resumes_and_reports(tmp_path):
   # vocabulary size) to a few hundred; demand at least a 3x drop.
   assert held_out["untrained_perplexity"] > 1000
   assert held_out["ratio_to_untrained"] < 1 / 3, held_out
+
+
+def test_quickstart_gin_binds_the_trainer_inputs_and_no_code_defaults():
+  from jaxlm import main, quickstart as quickstart_lib  # pylint: disable=import-outside-toplevel
+  gin.clear_config()
+  try:
+    main.parse_gin(["gin_configs/runs/quickstart.gin"], [])
+    gin.finalize()  # every gin.REQUIRED (train.data_fn, train.learning_rate, ...) is bound
+    assert "DataPipeline" in str(gin.query_parameter("train.data_fn"))
+    assert "warmup_cosine" in str(gin.query_parameter("train.learning_rate"))
+    assert str(gin.query_parameter("DataPipeline.mixture_or_task_name")) == "%MIXTURE_OR_TASK_NAME"
+    defaults = inspect.signature(quickstart_lib.quickstart.__wrapped__).parameters
+    for name, param in defaults.items():
+      try:
+        bound = gin.query_parameter(f"quickstart.{name}")
+      except ValueError:
+        continue
+      if not isinstance(bound, gin.config.ConfigurableReference):  # also a %MACRO
+        assert bound != param.default, f"quickstart.gin restates quickstart.{name}'s default"
+  finally:
+    gin.clear_config()

@@ -21,15 +21,13 @@ from jaxlm.models.positions import apply_rope
 
 
 def make_mask(q_segments, k_segments, *, causal: bool, q_index=None, k_index=None,
-              q_prefix=None, k_prefix=None, k_valid=None):
+              q_prefix=None, k_prefix=None):
   """Boolean attention mask [batch, 1, q, k].
 
   Tokens attend only within their own segment (packing). Causal masks compare indices in
   the row (q_index >= k_index); a prefix (q_prefix & k_prefix) is attended both ways.
   """
   mask = q_segments[:, :, None] == k_segments[:, None, :]
-  if k_valid is not None:
-    mask &= k_valid[:, None, :]
   if causal:
     if q_index is None:
       q_index = jnp.arange(q_segments.shape[1])[None]
@@ -85,8 +83,8 @@ class Attention(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, kv_input=None, *, mask=None, bias=None, q_pos=None, k_pos=None,
-               is_causal: bool = False, decode_index=None):
+  def __call__(self, x, kv_input=None, *, mask=None, bias=None, q_pos=None, is_causal: bool = False,
+               decode_index=None):
     cfg = self.config
     n, kv, h, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_model
     dtype = dtype_of(cfg.dtype)

@@ -34,8 +34,9 @@ def cross_entropy(logits, targets, weights, z_loss: float = 0.0):
   return nll, zl, correct
 
 
-class BaseModel:
-  """init / loss_fn / score_batch / decoding hooks around one Transformer module."""
+class Model:
+  """init / loss_fn / score_batch / decoding hooks around one Transformer module, for all
+  three families (decoder, prefix_decoder, encoder_decoder: config.arch)."""
 
   def __init__(self, config: TransformerConfig):
     self.config = config.validate()
@@ -108,14 +109,19 @@ class BaseModel:
     return self.module.apply({"params": params}, **self._inputs(batch), rngs=rngs,
                              deterministic=rng is None)
 
+  def _targets_and_weights(self, batch: Batch):
+    """decoder_target_tokens and float32 decoder_loss_weights (default: targets > 0)."""
+    targets = jnp.asarray(batch["decoder_target_tokens"])
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0) if weights is None else jnp.asarray(weights)
+    return targets, weights.astype(jnp.float32)
+
   def loss_sums(self, params, batch: Batch, rng=None):
     """(summed loss, weighted target count, metric sums) of token cross-entropy + z-loss +
     MoE aux (weighted by the token count): the pretraining objective's terms, summed so
     that microbatches add up (jaxlm.training.objectives.NextTokenObjective)."""
     logits, aux = self.apply(params, batch, rng)
-    targets = jnp.asarray(batch["decoder_target_tokens"])
-    weights = batch.get("decoder_loss_weights")
-    weights = ((targets > 0) if weights is None else jnp.asarray(weights)).astype(jnp.float32)
+    targets, weights = self._targets_and_weights(batch)
     nll, zl, correct = cross_entropy(logits, targets, weights, self.config.z_loss)
     weight_sum = weights.sum()
     sums = {"cross_entropy": nll.sum(), "z_loss": zl.sum(), "aux_loss": aux * weight_sum,
@@ -130,14 +136,13 @@ class BaseModel:
     metrics.update(loss=loss / normalizer, weight_sum=weight_sum, nll_sum=sums["cross_entropy"])
     return loss / normalizer, metrics
 
-  def score_batch(self, params, batch: Batch):
-    """Per-example sum of target log-likelihoods, weighted by decoder_loss_weights: [b]."""
+  def score_batch(self, params, batch: Batch, per_token: bool = False):
+    """Target log-likelihoods weighted by decoder_loss_weights: the per-example sum [b], or
+    with per_token=True each target token's [b, t] (0 where the weight is 0)."""
     logits, _ = self.apply(params, batch)
-    targets = jnp.asarray(batch["decoder_target_tokens"])
-    weights = batch.get("decoder_loss_weights")
-    weights = (targets > 0) if weights is None else jnp.asarray(weights)
-    nll, _, _ = cross_entropy(logits, targets, weights.astype(jnp.float32))
-    return -nll.sum(-1)
+    targets, weights = self._targets_and_weights(batch)
+    nll, _, _ = cross_entropy(logits, targets, weights)
+    return -nll if per_token else -nll.sum(-1)
 
   # ---- decoding hooks (used by jaxlm.inference.decoding) ----
   def init_cache(self, batch_size: int, max_length: int, encoder_length: Optional[int] = None):
@@ -172,20 +177,10 @@ class BaseModel:
     return jax.tree_util.tree_map_with_path(take, cache)
 
 
-class DecoderOnlyModel(BaseModel):
-  """Causal and prefix decoders (decoder_causal_attention marks the bidirectional prefix)."""
-
-
-class EncoderDecoderModel(BaseModel):
-  """Encoder-decoder with cross-attention (T5)."""
-
-
-def build_model(config: TransformerConfig) -> BaseModel:
-  """The model wrapper for config.arch, after validating the config."""
+def build_model(config: TransformerConfig) -> Model:
+  """The model for `config`, after validating it and the kernel against the backend."""
   config.validate()
   if config.attention_kernel == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError(f"TransformerConfig.attention_kernel='cudnn' needs a GPU, but the backend is "
                      f"{jax.default_backend()!r}; use 'auto' or 'xla'")
-  if config.arch == "encoder_decoder":
-    return EncoderDecoderModel(config)
-  return DecoderOnlyModel(config)
+  return Model(config)

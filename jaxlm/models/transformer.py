@@ -8,15 +8,16 @@ One Transformer module covers the three families:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import flax.linen as nn
+from flax import struct
 import jax
 import jax.numpy as jnp
 
 from jaxlm.models.attention import Attention, make_mask
 from jaxlm.models.config import TransformerConfig
-from jaxlm.models.layers import MLP, Embed, Norm, constrain, dtype_of, normal, param
+from jaxlm.models.layers import MLP, Embed, Norm, constrain, normal, param
 from jaxlm.models.moe import MoeMLP
 from jaxlm.models.positions import RelativePositionBias, alibi_bias, sinusoidal
 
@@ -40,9 +41,49 @@ def deepnorm_alpha_beta(cfg: TransformerConfig, is_encoder: bool):
   return (3 * m) ** 0.25, (12 * m) ** -0.25
 
 
+class InitStds(NamedTuple):
+  """Initial standard deviations of a block's projections."""
+  qk: float        # attention query and key
+  v: float         # attention value
+  attn_out: float  # attention output (a residual projection)
+  mlp_in: float    # feed-forward input(s)
+  mlp_out: float   # feed-forward output (a residual projection)
+
+
+def block_init_stds(cfg: TransformerConfig, is_encoder: bool) -> InitStds:
+  """DeepNorm: Xavier-normal, with gain beta on all but the query and key. Otherwise GPT-2:
+  init_std, and residual projections scaled by 1/sqrt(2 * layers of the whole model)."""
+  if cfg.norm_position == "deepnorm":
+    _, beta = deepnorm_alpha_beta(cfg, is_encoder)
+    qk = math.sqrt(2.0 / (cfg.d_model + cfg.num_heads * cfg.dim_per_head))
+    mlp = beta * math.sqrt(2.0 / (cfg.d_model + cfg.d_ff))
+    return InitStds(qk=qk, v=beta * qk, attn_out=beta * qk, mlp_in=mlp, mlp_out=mlp)
+  total = cfg.num_layers + (cfg.encoder_layers if cfg.arch == "encoder_decoder" else 0)
+  residual = cfg.init_std / math.sqrt(2 * total)
+  return InitStds(qk=cfg.init_std, v=cfg.init_std, attn_out=residual, mlp_in=cfg.init_std,
+                  mlp_out=residual)
+
+
+@struct.dataclass
+class AttentionInputs:
+  """What every block of a stack attends with, built once by the Stack.
+
+  positions are the query positions (RoPE); self_mask [b, 1, t, s] is None for a plain
+  causal stack (the kernel's is_causal) and while the cache is being created; self_bias is
+  ALiBi's or T5's [b, heads, t, s]; decode_index is where the chunk goes in the KV cache;
+  encoded [b, s, d] and cross_mask are the encoder outputs and their mask (cross-attention).
+  """
+  positions: jax.Array
+  self_mask: Optional[jax.Array] = None
+  self_bias: Optional[jax.Array] = None
+  decode_index: Optional[jax.Array] = None
+  encoded: Optional[jax.Array] = None
+  cross_mask: Optional[jax.Array] = None
+
+
 class Block(nn.Module):
   """Self-attention, optional cross-attention, and a dense or MoE feed-forward, each a
-  residual sub-layer with the configured norm placement. carry = (x, moe_aux_loss)."""
+  residual sub-layer with the configured norm placement (see `_norm_in` / `_residual`)."""
   config: TransformerConfig
   has_cross: bool = False
   use_moe: bool = False
@@ -52,46 +93,51 @@ class Block(nn.Module):
   is_causal: bool = False
 
   @nn.compact
-  def __call__(self, carry, ctx):
+  def __call__(self, x, inputs: AttentionInputs):
+    """x [b, t, d] -> (x, moe_loss): the residual stream after the block and the MoE
+    load-balancing loss (0 for a dense feed-forward). nn.scan runs it with x as the carry."""
     cfg = self.config
-    x, aux = carry
-    alpha, beta = deepnorm_alpha_beta(cfg, self.is_encoder)
-    d, inner = cfg.d_model, cfg.num_heads * cfg.dim_per_head
-    if cfg.norm_position == "deepnorm":  # Xavier-normal with gain beta (1 for q, k)
-      qk_std = math.sqrt(2.0 / (d + inner))
-      v_std = out_std = beta * qk_std
-      in_std, mlp_out_std = beta * math.sqrt(2.0 / (d + cfg.d_ff)), beta * math.sqrt(2.0 / (d + cfg.d_ff))
-    else:  # GPT-2: residual projections scaled by 1/sqrt(2 * layers)
-      total = cfg.num_layers + (cfg.encoder_layers if cfg.arch == "encoder_decoder" else 0)
-      qk_std = v_std = in_std = cfg.init_std
-      out_std = mlp_out_std = cfg.init_std / math.sqrt(2 * total)
+    std = block_init_stds(cfg, self.is_encoder)
 
-    def residual(name, fn, x):
-      drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
-      if cfg.norm_position == "pre":
-        return x + drop(fn(Norm(cfg, name=f"{name}_norm")(x)))
-      if cfg.norm_position == "sandwich":
-        return x + drop(Norm(cfg, name=f"{name}_post_norm")(fn(Norm(cfg, name=f"{name}_norm")(x))))
-      return Norm(cfg, name=f"{name}_norm")(x * alpha + drop(fn(x)))  # post-LN, DeepNorm
+    attention = Attention(cfg, qk_std=std.qk, v_std=std.v, out_std=std.attn_out, decode=self.decode,
+                          name="self_attention")
+    h = attention(self._norm_in("self_attention", x), mask=inputs.self_mask, bias=inputs.self_bias,
+                  q_pos=inputs.positions, is_causal=self.is_causal, decode_index=inputs.decode_index)
+    x = self._residual("self_attention", x, h)
 
-    attn = dict(config=cfg, qk_std=qk_std, v_std=v_std, out_std=out_std, decode=self.decode)
-    x = residual("self_attention", lambda h: Attention(**attn, name="self_attention")(
-        h, mask=ctx["self_mask"], bias=ctx["self_bias"], q_pos=ctx["q_pos"],
-        is_causal=self.is_causal, decode_index=ctx["decode_index"]), x)
     if self.has_cross:
-      x = residual("cross_attention", lambda h: Attention(**attn, is_cross=True, name="cross_attention")(
-          h, ctx["encoded"], mask=ctx["cross_mask"]), x)
+      cross = Attention(cfg, is_cross=True, qk_std=std.qk, v_std=std.v, out_std=std.attn_out,
+                        decode=self.decode, name="cross_attention")
+      h = cross(self._norm_in("cross_attention", x), inputs.encoded, mask=inputs.cross_mask)
+      x = self._residual("cross_attention", x, h)
 
-    moe_aux = []
-    def feed_forward(h):
-      if self.use_moe:
-        y, a = MoeMLP(cfg, out_std=mlp_out_std, in_std=in_std, name="moe")(h, self.deterministic)
-        moe_aux.append(a)
-        return y
-      return MLP(cfg, out_std=mlp_out_std, in_std=in_std, name="mlp")(h, self.deterministic)
-    x = residual("mlp", feed_forward, x)
-    x = constrain(x, ("batch", "length", "embed"))
-    return (x, aux + sum(moe_aux)), None
+    if self.use_moe:
+      h, moe_loss = MoeMLP(cfg, out_std=std.mlp_out, in_std=std.mlp_in, name="moe")(
+          self._norm_in("mlp", x), self.deterministic)
+    else:
+      h = MLP(cfg, out_std=std.mlp_out, in_std=std.mlp_in, name="mlp")(
+          self._norm_in("mlp", x), self.deterministic)
+      moe_loss = jnp.zeros((), jnp.float32)
+    x = self._residual("mlp", x, h)
+    return constrain(x, ("batch", "length", "embed")), moe_loss
+
+  def _norm_in(self, name: str, x):
+    """The sub-layer's input: normalized for pre-LN and sandwich-LN, as is for post-LN."""
+    if self.config.norm_position in ("pre", "sandwich"):
+      return Norm(self.config, name=f"{name}_norm")(x)
+    return x
+
+  def _residual(self, name: str, x, h):
+    """Adds the sub-layer output h (after dropout) to the residual stream x: pre-LN x + h,
+    sandwich-LN x + norm(h), post-LN norm(x + h), DeepNorm norm(alpha * x + h)."""
+    cfg = self.config
+    if cfg.norm_position == "sandwich":
+      h = Norm(cfg, name=f"{name}_post_norm")(h)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
+    if cfg.norm_position in ("pre", "sandwich"):
+      return x + h
+    alpha, _ = deepnorm_alpha_beta(cfg, self.is_encoder)
+    return Norm(cfg, name=f"{name}_norm")(x * alpha + h)
 
 
 class Stack(nn.Module):
@@ -135,23 +181,24 @@ class Stack(nn.Module):
     if self.has_cross:
       cross_mask = make_mask(segments, encoder_segments, causal=False)
 
-    ctx = dict(self_mask=self_mask, self_bias=self_bias, q_pos=positions, cross_mask=cross_mask,
-               encoded=encoded, decode_index=decode_index)
+    inputs = AttentionInputs(positions=positions, self_mask=self_mask, self_bias=self_bias,
+                             decode_index=decode_index, encoded=encoded, cross_mask=cross_mask)
     block_args = dict(config=cfg, has_cross=self.has_cross, is_encoder=self.is_encoder,
                       decode=decode, deterministic=deterministic, is_causal=is_causal)
     block = Block
     if cfg.remat_policy != "none" and not decode:
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-    carry = (x, jnp.zeros((), jnp.float32))
-    if cfg.scan_layers:
+    if cfg.scan_layers:  # x is the carry, `inputs` is broadcast, the MoE losses are stacked
       scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
                         split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                         length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      carry, _ = scanned(use_moe=cfg.num_experts > 0, name="layers", **block_args)(carry, ctx)
+      x, moe_losses = scanned(use_moe=cfg.num_experts > 0, name="layers", **block_args)(x, inputs)
+      aux = moe_losses.sum()
     else:
+      aux = jnp.zeros((), jnp.float32)
       for i in range(self.num_layers):
-        carry, _ = block(use_moe=cfg.is_moe_layer(i), name=f"layers_{i}", **block_args)(carry, ctx)
-    x, aux = carry
+        x, moe_loss = block(use_moe=cfg.is_moe_layer(i), name=f"layers_{i}", **block_args)(x, inputs)
+        aux = aux + moe_loss
     if cfg.norm_position in ("pre", "sandwich"):
       x = Norm(cfg, name="final_norm")(x)
     return x, aux
