@@ -4,6 +4,7 @@ optimizer state; a frozen reference model travels with the state; init_from a ja
 checkpoint or a Hugging Face GPT-2 directory starts from those weights; runs that cannot
 fit or that forget a binding fail before their first step, naming why."""
 import functools
+import shutil
 
 import gin
 import jax
@@ -100,8 +101,11 @@ def test_frozen_subset_reference_model_and_init_from_a_checkpoint(tmp_path):
   assert opt_size == 2 * trained_size                                # Adam's mu and nu, nothing else
   assert losses(straight)[-1] < losses(straight)[0]
 
-  first = run_tiny(d("frozen_resumed"), 10, **kw)
-  second = run_tiny(d("frozen_resumed"), 20, **kw)                   # resuming wins over init_from
+  shutil.copytree(d("base"), d("base_copy"))
+  copy_kw = dict(kw, init_from=d("base_copy"), frozen_models={"reference": d("base_copy")})
+  first = run_tiny(d("frozen_resumed"), 10, **copy_kw)
+  shutil.rmtree(d("base_copy"))                                      # a resumed run reads neither
+  second = run_tiny(d("frozen_resumed"), 20, **copy_kw)              # resuming wins over init_from
   assert second.events[0]["event"] == "resumed"
   assert losses(first) + losses(second) == losses(straight)
   for name, value in after.items():

@@ -24,6 +24,7 @@ without them the consumed batches are replayed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -32,7 +33,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxlm.models import TransformerConfig
+from jaxlm.models import TransformerConfig, build_model
 from jaxlm.training import checkpointing, init_from as init_from_lib, metrics as metrics_lib
 from jaxlm.training import partitioning, stability
 from jaxlm.training.optimizers import adamw
@@ -163,38 +164,54 @@ def _set_up(model_dir, train_steps, batch_size, data_fn, learning_rate, config, 
   partitioning.check_batch(mesh, micro, what=f"microbatch (BATCH_SIZE={batch_size} / "
                                                f"train.num_microbatches={num_microbatches})")
   data, data_iter, example = _open_data(data_fn, mesh, micro, config)
+  model = build_model(config)
+  shapes = model.param_shapes(example)
 
-  initial = loaded = None
-  if init_from:
-    from jaxlm.models import build_model  # pylint: disable=import-outside-toplevel
-    initial, loaded = init_from_lib.load_matching(init_from, build_model(config).param_shapes(example),
-                                                  config, init_from_allow_missing)
+  @functools.cache
+  def load(path: str, allow_missing: tuple = ()):
+    """(tree, paths) of a checkpoint or HF directory matching the model; read at most once."""
+    return init_from_lib.load_matching(path, shapes, config, allow_missing)
+
+  allow_missing = tuple(init_from_allow_missing)
+
+  def weights():
+    """(init_from's (tree, paths) or None, {name: frozen model tree})."""
+    return (load(init_from, allow_missing) if init_from else None,
+            {name: load(path)[0] for name, path in (frozen_models or {}).items()})
+
+  ckpt = checkpointing.Checkpointer(model_dir, keep=keep_checkpoints, async_save=async_checkpoints)
+  if not ckpt.steps():
+    weights()  # a fresh run reads and checks its weights before compiling; a resumed one reads none
+  added_only = trainable is not None and trainable.added_only
   tx = optimizer(learning_rate=learning_rate)
   length = example["decoder_target_tokens"].shape[-1]
   hint = (f"driven by BATCH_SIZE={batch_size}, train.num_microbatches={num_microbatches} ({micro} "
           f"rows a pass), length {length} (TASK_FEATURE_LENGTHS), TransformerConfig.remat_policy="
           f"{config.remat_policy!r}: lower BATCH_SIZE or the lengths, raise train.num_microbatches, "
           f"or set TransformerConfig.remat_policy='dots'")
-  setup = build_train_step(config, tx, example, learning_rate=learning_rate, objective=objective,
-                           trainable=trainable, loaded=loaded, frozen_models=tuple(frozen_models or ()),
-                           mesh=mesh, rules=rules, embedding_grad_shrink=embedding_grad_shrink,
-                           seed=seed, memory_hint=hint, memory_limit_bytes=memory_limit_bytes)
+  setup = build_train_step(model, tx, example, learning_rate=learning_rate, objective=objective,
+                           trainable=trainable,
+                           loaded=load(init_from, allow_missing)[1] if init_from and added_only else None,
+                           frozen_models=tuple(frozen_models or ()), mesh=mesh, rules=rules,
+                           embedding_grad_shrink=embedding_grad_shrink, seed=seed, memory_hint=hint,
+                           memory_limit_bytes=memory_limit_bytes)
   logging.info("parameter shardings: %s", partitioning.describe(setup.shardings.params))
-  model = setup.model
-  frozen_trees = {name: init_from_lib.load_matching(path, model.param_shapes(example), config)[0]
-                  for name, path in (frozen_models or {}).items()}
 
   def new_state() -> TrainState:
-    state = setup.init_state(jax.random.key(seed), frozen_models=frozen_trees)
-    if initial is None:
-      return state
-    fresh_only = partition(jax.device_get(state.params), {n: n not in set(loaded) for n in setup.mask})[0]
-    return setup.init_state(params=merge(fresh_only, initial), frozen_models=frozen_trees)
+    """Step 0: fresh parameters, or init_from's (the ones it lacks fresh), and the frozen models."""
+    start, frozen = weights()
+    if start is None:
+      return setup.init_state(jax.random.key(seed), frozen_models=frozen)
+    initial, loaded = start
+    if len(loaded) < len(setup.mask):
+      fresh = jax.device_get(setup.init_state(jax.random.key(seed)).params)
+      loaded = set(loaded)
+      initial = merge(partition(fresh, {n: n not in loaded for n in setup.mask})[0], initial)
+    return setup.init_state(params=initial, frozen_models=frozen)
 
   schedule = batch_schedule or (lambda step, tokens: num_microbatches)
   run = _Run(setup=setup, data=data, data_iter=data_iter, micro=micro, schedule=schedule,
-             new_state=new_state, compiled={},
-             ckpt=checkpointing.Checkpointer(model_dir, keep=keep_checkpoints, async_save=async_checkpoints),
+             new_state=new_state, compiled={}, ckpt=ckpt,
              writer=metrics_lib.MetricsWriter(model_dir, train_steps, tensorboard=tensorboard,
                                               progress_bar=progress_bar),
              detector=spike_detector() if spike_detector else None,
@@ -251,6 +268,7 @@ def _run(run: _Run, state, train_steps, log_every, checkpoint_every, eval_every,
          rollback_margin):
   """Steps until train_steps (or a preemption); returns (state, preempted)."""
   run.step = int(jax.device_get(state.step))
+  length = run.setup.example["decoder_target_tokens"].shape[-1]
   guard = checkpointing.PreemptionGuard()
   window, seen_k = [], set()
   try:
@@ -289,8 +307,7 @@ def _run(run: _Run, state, train_steps, log_every, checkpoint_every, eval_every,
         run.tokens_seen += int(m["num_tokens"])
       record["tokens_seen"] = run.tokens_seen
 
-      run.throughput.step(k * run.micro * run.setup.example["decoder_target_tokens"].shape[-1],
-                          compiled=k not in seen_k)
+      run.throughput.step(k * run.micro * length, compiled=k not in seen_k)
       seen_k.add(k)
       objective_metrics = [key for key in m if key not in STEP_METRICS and key != "loss"]
       window.append(record | {key: float(m[key]) for key in objective_metrics})
