@@ -231,13 +231,17 @@ def restore_params(path: str, abstract_params=None, step: Optional[int] = None):
   """
   item, in_state = resolve_checkpoint(path, step)
   checkpointer = ocp.PyTreeCheckpointer()
-  if not in_state:  # a bare params tree; it may also be a TrainState-like tree with 'params'
-    tree = checkpointer.metadata(item).item_metadata
-    tree = getattr(tree, "tree", tree)
-    in_state = isinstance(tree, dict) and "params" in tree and "opt_state" in tree
-  if abstract_params is None:
-    restored = checkpointer.restore(item)
-    return restored["params"] if in_state else restored
+  tree = checkpointer.metadata(item).item_metadata
+  tree = getattr(tree, "tree", tree)
+  # a bare params tree may also be a TrainState-like tree with 'params'
+  in_state = in_state or (isinstance(tree, dict) and "params" in tree and "opt_state" in tree)
+  if abstract_params is None:  # as saved, to host memory, and only the parameters
+    saved = tree["params"] if in_state else tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
+    if not in_state:
+      return checkpointer.restore(item, args=ocp.args.PyTreeRestore(item=saved, restore_args=as_numpy))
+    return checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+        item={"params": saved}, restore_args={"params": as_numpy}, partial_restore=True))["params"]
   restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
   if in_state:
     args = ocp.args.PyTreeRestore(item={"params": abstract_params}, restore_args={"params": restore_args},
