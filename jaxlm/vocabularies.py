@@ -11,15 +11,16 @@ SentencePiece models and wraps them as SeqIO vocabularies with the same ids.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
-def _until_eos(ids: Sequence[int], eos_id: int) -> list:
-  from jaxlm.inference.decoding import until_eos  # pylint: disable=import-outside-toplevel
-
-  return until_eos(ids, eos_id)
+def until_eos(tokens, eos_id: Optional[int]) -> list:
+  """The token ids (Python ints) before the first eos_id; all of them if there is none or
+  eos_id is None."""
+  tokens = [int(t) for t in tokens]
+  return tokens[:tokens.index(eos_id)] if eos_id is not None and eos_id in tokens else tokens
 
 
 class ByteVocab:
@@ -32,7 +33,7 @@ class ByteVocab:
     return [b + self.offset for b in text.encode("utf-8")]
 
   def decode(self, ids: Sequence[int]) -> str:
-    ids = _until_eos(ids, self.eos_id)
+    ids = until_eos(ids, self.eos_id)
     data = bytes(i - self.offset for i in ids if self.offset <= i < self.vocab_size)
     return data.decode("utf-8", errors="ignore")
 
@@ -51,7 +52,7 @@ class SentencePieceVocab:
     return list(self.sp.encode(text))
 
   def decode(self, ids: Sequence[int]) -> str:
-    ids = [i for i in _until_eos(ids, self.eos_id) if 0 < int(i) < self.vocab_size]
+    ids = [i for i in until_eos(ids, self.eos_id) if 0 < int(i) < self.vocab_size]
     return self.sp.decode(ids)
 
 

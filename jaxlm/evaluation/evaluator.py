@@ -34,9 +34,10 @@ import jax
 import numpy as np
 
 from jaxlm.evaluation.report import flatten_metrics
-from jaxlm.inference.decoding import DecodeConfig, predict_batch_with_aux, until_eos
+from jaxlm.inference.decoding import DecodeConfig, predict_batch_with_aux
 from jaxlm.models import TransformerConfig, build_model
 from jaxlm.training.checkpointing import resolve_checkpoint, restore_params
+from jaxlm.vocabularies import until_eos
 
 Names = Union[str, Sequence[str]]
 

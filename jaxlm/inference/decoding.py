@@ -151,13 +151,6 @@ def prefill(model, params, prompt, prompt_mask, encoder_input_tokens, max_new_to
   return logits[:, -1].astype(jnp.float32), cache, lengths
 
 
-def until_eos(tokens, eos_id: Optional[int]) -> list:
-  """The token ids (Python ints) before the first eos_id; all of them if there is none or
-  eos_id is None."""
-  tokens = [int(t) for t in tokens]
-  return tokens[:tokens.index(eos_id)] if eos_id is not None and eos_id in tokens else tokens
-
-
 def _eos(eos_id):
   return -1 if eos_id is None else eos_id
 

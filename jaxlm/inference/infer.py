@@ -24,12 +24,11 @@ import gin
 import jax
 import numpy as np
 
-from jaxlm.inference.decoding import (DecodeConfig, best_hypotheses, generate, round_up_to_bucket,
-                                      until_eos)
+from jaxlm.inference.decoding import DecodeConfig, best_hypotheses, generate, round_up_to_bucket
 from jaxlm.jsonl import FormatError, read_jsonl
 from jaxlm.models import TransformerConfig, build_model
 from jaxlm.training.checkpointing import restore_params
-from jaxlm.vocabularies import EOS_ID, PAD_ID, get_vocabulary
+from jaxlm.vocabularies import EOS_ID, PAD_ID, get_vocabulary, until_eos
 
 
 # ---- prompts ----
