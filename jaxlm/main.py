@@ -42,7 +42,7 @@ import gin
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Modules whose gin configurables a run file may name; each imports no TensorFlow at import time.
-CONFIGURABLE_MODULES = ("jaxlm.models", "jaxlm.training", "jaxlm.inference",
+CONFIGURABLE_MODULES = ("jaxlm.models", "jaxlm.training", "jaxlm.adaptation", "jaxlm.inference",
                         "jaxlm.evaluation.evaluator")
 
 

@@ -14,6 +14,8 @@ Stages (gin_configs/runs/quickstart.gin configures every one):
      the untrained model, and few-shot accuracy on held-out generated reasoning problems;
   5. decode a few prompts;
   6. write MODEL_DIR/report.md with the loss curve, the metrics table and the samples.
+The tokenizer is also MODEL_DIR/vocabulary.model (instruction-tune the model with
+runs/sft.gin and --gin.seqio_vocabulary.model_path pointing there: see the README).
 Stages 1-2 are cached in MODEL_DIR/data/<hash of their settings>, so a rerun skips them.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 from typing import Any, Dict, List, Optional, Sequence
 
 import gin
@@ -97,8 +100,9 @@ def prepare_corpus(data_dir: str, source_specs: Sequence[str], max_documents: Op
   return paths
 
 
-def prepare_vocabulary(data_dir: str, paths: Dict[str, str], vocab_size: int, seed: int):
-  """Stage 2: a SentencePiece model trained on the training split (cached)."""
+def prepare_vocabulary(data_dir: str, paths: Dict[str, str], vocab_size: int, seed: int, model_dir: str):
+  """Stage 2: a SentencePiece model trained on the training split (cached), copied to
+  MODEL_DIR/vocabulary.model for the jobs that use the model later (sft, infer, eval)."""
   model_path = os.path.join(data_dir, f"spm_{vocab_size}.model")
   if os.path.exists(model_path):
     _say(f"[2/6] tokenizer {model_path} (cached)")
@@ -106,6 +110,8 @@ def prepare_vocabulary(data_dir: str, paths: Dict[str, str], vocab_size: int, se
     _say(f"[2/6] training a SentencePiece tokenizer ({vocab_size} ids)")
     texts = [r["text"] for p in (paths["train"], paths["reasoning"]) for r in sources_lib.read_jsonl_documents(p)]
     vocab_lib.train_sentencepiece(texts, model_path, vocab_size=vocab_size, seed=seed)
+  for suffix in ("", ".json"):
+    shutil.copyfile(model_path + suffix, os.path.join(model_dir, "vocabulary.model" + suffix))
   return vocab_lib.load_vocabulary(model_path)
 
 
@@ -208,7 +214,7 @@ def quickstart(model_dir: str = gin.REQUIRED,
   data_dir = os.path.join(model_dir, "data", hashlib.sha1(settings.encode()).hexdigest()[:10])
   paths = prepare_corpus(data_dir, sources, max_documents_per_source, reasoning_documents, seed,
                          validation_percent)
-  vocabulary = prepare_vocabulary(data_dir, paths, vocab_size, seed)
+  vocabulary = prepare_vocabulary(data_dir, paths, vocab_size, seed, model_dir)
   register_quickstart_mixture(mixture_name, paths, vocabulary)
 
   _say(f"[3/6] pretraining -> {model_dir} (TensorBoard: tensorboard --logdir {model_dir}/train)")

@@ -23,6 +23,17 @@ def until_eos(tokens, eos_id: Optional[int]) -> list:
   return tokens[:tokens.index(eos_id)] if eos_id is not None and eos_id in tokens else tokens
 
 
+def piece_id(vocabulary, piece: str) -> Optional[int]:
+  """The id of ``piece`` as one SentencePiece piece (a seqio vocabulary's ``tokenizer`` or
+  a :class:`SentencePieceVocab`'s ``sp``), or None if it is not one piece (or the
+  vocabulary is not SentencePiece)."""
+  sp = getattr(vocabulary, "tokenizer", None) or getattr(vocabulary, "sp", None)
+  if sp is None:
+    return None
+  idx = sp.piece_to_id(piece)
+  return None if idx == sp.unk_id() else int(idx)
+
+
 class ByteVocab:
   """UTF-8 bytes offset by 3, the ids of seqio.ByteVocabulary."""
   pad_id, eos_id, unk_id = PAD_ID, EOS_ID, UNK_ID

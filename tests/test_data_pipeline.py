@@ -84,8 +84,12 @@ def test_encoder_decoder_span_corruption(small_vocab):
 
 
 def test_converter_must_match_task_features(small_vocab):
-  with pytest.raises(ValueError, match="use feature_converter='prefix_decoder' or 'encoder_decoder'"):
-    pipe("embedded_mix_ul2", {"inputs": 64, "targets": 64}, "decoder")
+  # a causal decoder reads an inputs/targets task as one sequence, the loss on the targets
+  batch = next(pipe("embedded_mix_ul2", {"inputs": 64, "targets": 64}, "decoder"))
+  weights, prefix = batch["decoder_loss_weights"], batch["decoder_causal_attention"]
+  segments = batch["decoder_segment_ids"].max(axis=1).sum()
+  assert batch["decoder_target_tokens"].shape[1] == 128 and (weights * prefix).sum() <= segments
+  assert weights.sum() > 0 and ((weights == 0) & (batch["decoder_target_tokens"] > 0)).sum() > 0
   with pytest.raises(ValueError, match="needs 'inputs' too"):
     pipe("embedded_mix", {"inputs": 64, "targets": 64}, "encoder_decoder")
 

@@ -148,7 +148,9 @@ def test_vocab_layout_and_sentinels(small_vocab):
   assert v.vocab_size == 1024 and v.extra_ids == 128
   sp = v.tokenizer
   assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
-  assert v.encode("<extra_id_0>")[-1] == 1023 and v.encode("<extra_id_127>")[-1] == 1024 - 128
+  assert v.encode("a <extra_id_0>")[-1] == 1023 and v.encode("a <extra_id_127>")[-1] == 1024 - 128
+  assert v.decode(v.encode("no space\nbefore")) == "no space\nbefore"  # no dummy prefix
+  assert v.encode("Q: 2 + 2?\n") + v.encode("4 apples") == v.encode("Q: 2 + 2?\n4 apples")
   for token in vocab.UL2_MODE_TOKENS:
     assert vocab.piece_id(v, token) is not None and vocab.piece_id(v, token) < 10
   assert vocab.piece_id(v, "not-a-piece-at-all") is None

@@ -12,9 +12,12 @@ TensorFlow/SeqIO.
 Modules: sources (embedded corpus, JSONL/text/TFDS readers), cleaning (the stages:
 quality and language filters, perplexity filter), dedup (exact, MinHash-LSH, repeated
 sentences, decontamination), pii (redaction), cleaning_job (the stages run over a corpus,
-and its CLI), word_problems (generated arithmetic word problems), vocab (SentencePiece
-training, SeqIO vocabularies), objectives (causal LM, prefix LM, span corruption, UL2),
-tasks (the SeqIO registry) and pipeline (SeqIO -> per-host numpy batches).
+and its CLI), word_problems (generated arithmetic word problems), instructions (instruction
+instances, templates, chat turns, Alpaca/chat readers), generated_tasks (generated
+instruction families with checkable answers), vocab (SentencePiece training, SeqIO
+vocabularies), objectives (causal LM, prefix LM, span corruption, UL2), tasks (the SeqIO
+registry: corpora, instruction tasks and mixtures) and pipeline (SeqIO -> per-host numpy
+batches).
 """
 import importlib
 
@@ -27,12 +30,17 @@ _EXPORTS = {
     # cleaning
     "CleaningPipeline": "cleaning_job", "default_cleaning_pipeline": "cleaning_job",
     "clean_jsonl": "cleaning_job",
+    # instructions
+    "Instance": "instructions", "Template": "instructions", "ChatTemplate": "instructions",
+    "read_alpaca": "instructions", "read_chat": "instructions",
     # objectives
     "causal_lm": "objectives", "prefix_lm": "objectives", "span_corruption": "objectives",
     "ul2_objective": "objectives", "random_spans_helper": "objectives",
     # tasks
     "get_task_or_mixture": "tasks", "list_tasks_and_mixtures": "tasks", "register_task": "tasks",
     "register_mixture": "tasks", "register_embedded_tasks": "tasks",
+    "register_instruction_task": "tasks", "register_instruction_file_task": "tasks",
+    "register_instruction_mixture": "tasks", "register_generated_instruction_tasks": "tasks",
     # pipeline
     "DataPipeline": "pipeline", "FEATURE_CONVERTERS": "pipeline",
 }

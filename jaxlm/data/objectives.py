@@ -6,6 +6,8 @@ itself, so the budgets below are exact and testable without a Task:
 
 * :func:`causal_lm` -- ``targets`` = the document + EOS, in pieces of
   ``sequence_length["targets"]`` (GPT-style; the feature converter packs them).
+* :func:`lm_as_targets` -- the causal LM pieces as ``targets`` with an empty ``inputs``
+  (pretraining data mixed into instruction tuning).
 * :func:`prefix_lm` -- a random split point (T5's ``random_prefix_noise_mask``): the
   prefix is ``inputs``, the rest ``targets``. With ``noise_density`` d the split point is
   uniform in ``[max(1, round((1-2d)(n-1))), n-1]``, so on average a fraction d of the
@@ -77,6 +79,16 @@ def causal_lm(dataset: tf.data.Dataset, sequence_length: Optional[Mapping[str, i
   if sequence_length and sequence_length.get("targets"):
     ds = split_tokens(ds, sequence_length["targets"])
   return ds
+
+
+def lm_as_targets(dataset: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]],
+                  output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+  """:func:`causal_lm`'s pieces as ``targets`` with an empty ``inputs``: the causal LM in the
+  inputs/targets layout of instruction tasks, so pretraining text mixes into instruction
+  tuning (OPT-IML); through the prefix-LM feature converter the loss covers every token."""
+  ds = causal_lm(dataset, sequence_length, output_features)
+  return ds.map(lambda ex: {"inputs": tf.zeros([0], tf.int32), "targets": ex["targets"]},
+                num_parallel_calls=AUTOTUNE)
 
 
 # ---------------------------------------------------------------- prefix LM

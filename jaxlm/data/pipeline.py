@@ -8,7 +8,9 @@
 Feature converters (SeqIO), chosen by name:
 
 * ``decoder`` -- causal decoder: ``decoder_{input,target}_tokens``, ``decoder_loss_weights``,
-  ``decoder_segment_ids``, ``decoder_positions``. Tasks with a ``targets`` feature only.
+  ``decoder_segment_ids``, ``decoder_positions``. A task with ``inputs`` and ``targets``
+  (instruction tuning) is concatenated as SeqIO's prefix-LM converter does, with the loss
+  on the targets only; the causal model ignores the ``decoder_causal_attention`` it adds.
 * ``prefix_decoder`` -- ``inputs`` and ``targets`` in one sequence, plus
   ``decoder_causal_attention`` (1 over the prefix and the first target position);
   the loss covers the targets only.
@@ -139,9 +141,6 @@ class DataPipeline:
   def _check_features(self) -> None:
     names = set(self.provider.output_features)
     has_inputs = "inputs" in names
-    if self.feature_converter == "decoder" and has_inputs:
-      raise ValueError(f"{self.mixture_or_task_name!r} has 'inputs' and 'targets'; use feature_converter="
-                       "'prefix_decoder' or 'encoder_decoder' (or its '_lm' variant for 'decoder')")
     if self.feature_converter != "decoder" and not has_inputs:
       raise ValueError(f"{self.mixture_or_task_name!r} has only 'targets'; feature_converter="
                        f"{self.feature_converter!r} needs 'inputs' too (use 'decoder')")
@@ -152,7 +151,10 @@ class DataPipeline:
   # -------------------------------------------------------------- datasets
   def dataset(self):
     """The batched ``tf.data.Dataset`` for this host, from the start."""
-    converter = FEATURE_CONVERTERS[self.feature_converter](pack=self.pack)
+    kind = self.feature_converter
+    if kind == "decoder" and "inputs" in self.provider.output_features:
+      kind = "prefix_decoder"  # inputs + targets in one causal sequence, loss on the targets
+    converter = FEATURE_CONVERTERS[kind](pack=self.pack)
     shard = seqio.ShardInfo(self.shard_index, self.num_shards) if self.num_shards > 1 else None
     return seqio.get_dataset(
         self.provider, task_feature_lengths=self.feature_lengths, feature_converter=converter,

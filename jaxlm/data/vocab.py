@@ -2,10 +2,13 @@
 
 Id layout (T5 convention, the ids of :mod:`jaxlm.vocabularies`): 0 = PAD, 1 = EOS,
 2 = UNK, no BOS. Then the user symbols
-(``"\\n"``, ``"\\t"`` when whitespace is preserved, and the UL2 mode tokens), then the
+(``"\\n"``, ``"\\t"`` when whitespace is preserved, the UL2 mode tokens, and the chat
+role and end-of-turn markers of :mod:`jaxlm.data.instructions`), then the
 learned pieces, and last the ``num_sentinels`` sentinels added by SeqIO:
 ``<extra_id_0>`` = ``vocab_size - 1``, ``<extra_id_1>`` = ``vocab_size - 2``, ...
-``vocab_size`` is always the total, sentinels included.
+``vocab_size`` is always the total, sentinels included. No space is put before a text
+(no dummy prefix), so SeqIO's sentinel pieces (``▁<extra_id_N>``) are matched in text
+after a space; the objectives insert sentinels as ids.
 
 Train from the command line::
 
@@ -31,7 +34,8 @@ from typing import Iterable, List, Optional, Sequence
 import gin
 
 from jaxlm.data import sources
-from jaxlm.vocabularies import EOS_ID, PAD_ID, UNK_ID
+from jaxlm.data.instructions import CHAT_SYMBOLS
+from jaxlm.vocabularies import EOS_ID, PAD_ID, UNK_ID, piece_id  # noqa: F401 (piece_id: part of this API)
 
 UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 WHITESPACE_SYMBOLS = ("\n", "\t")
@@ -61,7 +65,9 @@ def train_sentencepiece(
     normalization: str = "nmt_nfkc",
     num_sentinels: int = 128,
     mode_tokens: Sequence[str] = UL2_MODE_TOKENS,
+    chat_symbols: Sequence[str] = CHAT_SYMBOLS,
     preserve_whitespace: bool = True,
+    add_dummy_prefix: bool = False,
     split_digits: bool = True,
     character_coverage: float = 0.9995,
     max_lines: int = 300_000,
@@ -74,8 +80,12 @@ def train_sentencepiece(
   reserved at the end for span corruption (``<extra_id_N>``) included. ``model_type`` is
   'bpe' or 'unigram'; ``normalization`` one of ``NORMALIZATIONS``. ``byte_fallback``
   turns unknown characters into UTF-8 byte pieces instead of UNK; ``mode_tokens`` become
-  single-id user symbols (UL2's ``[NLU]``, ``[NLG]``, ``[S2S]``); ``preserve_whitespace``
-  keeps newlines, tabs and runs of spaces (needed for code); ``split_digits`` makes every
+  single-id user symbols (UL2's ``[NLU]``, ``[NLG]``, ``[S2S]``), and so do
+  ``chat_symbols`` (the chat template's role and end-of-turn markers); ``preserve_whitespace``
+  keeps newlines, tabs and runs of spaces (needed for code); without ``add_dummy_prefix``
+  no space is put before a text, so a prompt and its continuation tokenized apart give the
+  tokens of their concatenation (instruction targets start where the prompt ends);
+  ``split_digits`` makes every
   digit its own piece; ``character_coverage`` is the share of characters the pieces cover
   (the rest: bytes or UNK). At most ``max_lines`` lines (a sample seeded by ``seed``, which
   also seeds SentencePiece) are used.
@@ -86,7 +96,7 @@ def train_sentencepiece(
     raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
   if normalization not in NORMALIZATIONS:
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-  user_symbols = list(WHITESPACE_SYMBOLS if preserve_whitespace else ()) + list(mode_tokens)
+  user_symbols = list(WHITESPACE_SYMBOLS if preserve_whitespace else ()) + list(mode_tokens) + list(chat_symbols)
   piece_budget = vocab_size - num_sentinels
   if piece_budget <= 3 + len(user_symbols) + (256 if byte_fallback else 0):
     raise ValueError(f"vocab_size={vocab_size} leaves no room for learned pieces after "
@@ -106,6 +116,7 @@ def train_sentencepiece(
       byte_fallback=byte_fallback,
       normalization_rule_name=normalization,
       remove_extra_whitespaces=not preserve_whitespace,
+      add_dummy_prefix=add_dummy_prefix,
       allow_whitespace_only_pieces=preserve_whitespace,
       split_digits=split_digits,
       user_defined_symbols=user_symbols,
@@ -120,6 +131,7 @@ def train_sentencepiece(
   sources.atomic_write(output_path, model.getvalue())
   meta = dict(vocab_size=vocab_size, model_type=model_type, byte_fallback=byte_fallback,
               normalization=normalization, num_sentinels=num_sentinels, mode_tokens=list(mode_tokens),
+              chat_symbols=list(chat_symbols), add_dummy_prefix=add_dummy_prefix,
               preserve_whitespace=preserve_whitespace, split_digits=split_digits,
               character_coverage=character_coverage, max_lines=max_lines, seed=seed,
               training_lines=len(lines))
@@ -173,16 +185,22 @@ def seqio_vocabulary(
     preserve_whitespace: bool = True,
     max_lines: int = 300_000,
     seed: int = 0,
+    model_path: Optional[str] = None,
 ):
   """The SeqIO vocabulary trained on ``source`` (see :func:`sources.iter_documents`).
 
   Trained on the 'train' split the first time a configuration is asked for, then
-  loaded from ``$JAXLM_CACHE/vocab``. Safe to call from parallel processes.
+  loaded from ``$JAXLM_CACHE/vocab``. Safe to call from parallel processes. With
+  ``model_path`` (e.g. the quickstart's ``runs/quickstart/data/spm_2048.model``) that
+  SentencePiece model is loaded instead (its sentinels as its training sidecar says), and nothing is
+  trained.
   """
+  if model_path is not None:
+    return load_vocabulary(model_path)
   options = dict(vocab_size=vocab_size, model_type=model_type, byte_fallback=byte_fallback,
                  normalization=normalization, num_sentinels=num_sentinels,
                  preserve_whitespace=preserve_whitespace, max_lines=max_lines, seed=seed)
-  key = json.dumps([_source_fingerprint(source), options], sort_keys=True)
+  key = json.dumps([_source_fingerprint(source), options, list(CHAT_SYMBOLS), "no dummy prefix"], sort_keys=True)
   digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
   name = "".join(c if c.isalnum() else "_" for c in source)[:40]
   path = os.path.join(sources.cache_dir("vocab"), f"{name}-{model_type}{vocab_size}-{digest}.model")
@@ -191,13 +209,6 @@ def seqio_vocabulary(
       texts = (d["text"] for d in sources.iter_documents(source, split="train"))
       train_sentencepiece(texts, path, mode_tokens=UL2_MODE_TOKENS, **options)
   return load_vocabulary(path, num_sentinels)
-
-
-def piece_id(vocabulary, piece: str) -> Optional[int]:
-  """Id of a single piece (e.g. a mode token), or None if the vocabulary lacks it."""
-  tokenizer = vocabulary.tokenizer
-  idx = tokenizer.piece_to_id(piece)
-  return None if idx == tokenizer.unk_id() else int(idx)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -63,6 +63,10 @@ def iterate_batches(ds, batch_size: int):
     yield indices, batch, n
 
 
+def _padded(tokens: list, width: int) -> list:
+  return tokens + [0] * (width - len(tokens))
+
+
 def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[DecodeConfig] = None,
                     max_new_tokens: Union[int, Callable, None] = None, with_aux: bool = False):
   """seqio predict_fn(ds) -> [(index, tokens)] (with_aux: and {'scores': [...]}).
@@ -84,7 +88,8 @@ def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[De
     for b, (indices, batch, n) in enumerate(iterate_batches(ds, batch_size)):
       tokens, aux = predict_batch_with_aux(model, params, batch, config, rng=jax.random.fold_in(key, b))
       tokens, batch_scores = np.asarray(tokens)[:n], np.asarray(aux["scores"])[:n]
-      outputs += [(int(i), until_eos(t, decoding.eos_id)) for i, t in zip(indices, tokens)]
+      width = tokens.shape[1]  # rows cut at EOS, zero-padded: seqio stacks them into one array
+      outputs += [(int(i), _padded(until_eos(t, decoding.eos_id), width)) for i, t in zip(indices, tokens)]
       scores += [float(s) for s in batch_scores]
     return (outputs, {"scores": scores}) if with_aux else outputs
   return predict_fn
@@ -179,7 +184,8 @@ def make_eval_fn(model, mixture_or_task_names: Names, feature_lengths: Optional[
 def resolve_task_names(mixture_or_task_names: Optional[Names] = None, task_modules: Sequence[str] = (),
                        suite_tasks: Optional[Mapping[str, Sequence]] = None, suite_vocabulary=None) -> list:
   """The names to evaluate: imports task_modules (they register seqio tasks), registers
-  suite_tasks {name: (kind, path)} (jaxlm.evaluation.suites) and appends their names."""
+  suite_tasks {name: (kind, path)} (jaxlm.evaluation.suites) and appends their names; an
+  unknown name fails here, listing the registered ones."""
   for module in task_modules:
     importlib.import_module(module)
   names = mixture_or_task_names or []
@@ -190,6 +196,9 @@ def resolve_task_names(mixture_or_task_names: Optional[Names] = None, task_modul
     names += [n for n in suites.register_suite_tasks(specs, suite_vocabulary) if n not in names]
   if not names:
     raise ValueError("nothing to evaluate: give mixture_or_task_names or suite_tasks")
+  from jaxlm.data import tasks  # pylint: disable=import-outside-toplevel
+  for name in names:  # registers the built-in embedded_* / instructions_* ones on first use
+    tasks.get_task_or_mixture(name)
   return names
 
 

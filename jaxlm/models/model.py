@@ -5,7 +5,7 @@ data pipeline shifts the targets), so any token sequence can be scored.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -32,6 +32,16 @@ def cross_entropy(logits, targets, weights, z_loss: float = 0.0):
   zl = z_loss * jnp.square(lse) * weights
   correct = (jnp.argmax(logits, -1) == targets) * weights
   return nll, zl, correct
+
+
+class TokenLosses(NamedTuple):
+  """Model.token_losses: float32 [b, t] per-token terms, each already multiplied by the
+  loss weights, the weights themselves, and the scalar MoE load-balancing loss."""
+  nll: jax.Array
+  z_loss: jax.Array
+  correct: jax.Array
+  weights: jax.Array
+  aux: jax.Array
 
 
 class Model:
@@ -116,16 +126,23 @@ class Model:
     weights = (targets > 0) if weights is None else jnp.asarray(weights)
     return targets, weights.astype(jnp.float32)
 
+  def token_losses(self, params, batch: Batch, rng=None) -> TokenLosses:
+    """The per-token loss terms (nll, z-loss with config.z_loss, correctness) weighted by
+    decoder_loss_weights, and the MoE aux loss: the one token loss that loss_sums,
+    score_batch and the objectives reduce."""
+    logits, aux = self.apply(params, batch, rng)
+    targets, weights = self._targets_and_weights(batch)
+    nll, zl, correct = cross_entropy(logits, targets, weights, self.config.z_loss)
+    return TokenLosses(nll, zl, correct, weights, aux)
+
   def loss_sums(self, params, batch: Batch, rng=None):
     """(summed loss, weighted target count, metric sums) of token cross-entropy + z-loss +
     MoE aux (weighted by the token count): the pretraining objective's terms, summed so
     that microbatches add up (jaxlm.training.objectives.NextTokenObjective)."""
-    logits, aux = self.apply(params, batch, rng)
-    targets, weights = self._targets_and_weights(batch)
-    nll, zl, correct = cross_entropy(logits, targets, weights, self.config.z_loss)
-    weight_sum = weights.sum()
-    sums = {"cross_entropy": nll.sum(), "z_loss": zl.sum(), "aux_loss": aux * weight_sum,
-            "accuracy": correct.sum()}
+    t = self.token_losses(params, batch, rng)
+    weight_sum = t.weights.sum()
+    sums = {"cross_entropy": t.nll.sum(), "z_loss": t.z_loss.sum(), "aux_loss": t.aux * weight_sum,
+            "accuracy": t.correct.sum()}
     return sums["cross_entropy"] + sums["z_loss"] + sums["aux_loss"], weight_sum, sums
 
   def loss_fn(self, params, batch: Batch, rng=None):
@@ -139,9 +156,7 @@ class Model:
   def score_batch(self, params, batch: Batch, per_token: bool = False):
     """Target log-likelihoods weighted by decoder_loss_weights: the per-example sum [b], or
     with per_token=True each target token's [b, t] (0 where the weight is 0)."""
-    logits, _ = self.apply(params, batch)
-    targets, weights = self._targets_and_weights(batch)
-    nll, _, _ = cross_entropy(logits, targets, weights)
+    nll = self.token_losses(params, batch).nll
     return -nll if per_token else -nll.sum(-1)
 
   # ---- decoding hooks (used by jaxlm.inference.decoding) ----
