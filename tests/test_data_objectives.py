@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from jaxlm.data import objectives as obj
 from jaxlm.data import vocab
+from jaxlm.vocabularies import piece_id
 
 VOCAB_SIZE, SENTINELS = 1024, 128
 
@@ -140,7 +141,7 @@ def test_ul2_denoisers_are_the_published_ones():
 def test_ul2_examples_follow_their_denoiser(features):
   lengths = {"inputs": 512, "targets": 512}
   v = features["inputs"].vocabulary
-  modes = {t: vocab.piece_id(v, t) for t in vocab.UL2_MODE_TOKENS}
+  modes = {t: piece_id(v, t) for t in vocab.UL2_MODE_TOKENS}
   budgets = obj.ul2_budgets(512, 512, obj.UL2_DENOISERS, [1] * 7)
   docs = _docs([max(b[0] for b in budgets)] * 300, seed=11)
   out = _run(obj.ul2_objective, docs, lengths, features)
@@ -175,14 +176,14 @@ def test_ul2_examples_follow_their_denoiser(features):
 def test_ul2_rates_choose_denoisers_per_document(features):
   docs = _docs([100] * 1000, seed=2)  # one piece per document
   v = features["inputs"].vocabulary
-  s2s = vocab.piece_id(v, "[S2S]")
+  s2s = piece_id(v, "[S2S]")
   out = _run(obj.ul2_objective, docs, {"inputs": 128, "targets": 128}, features)
   assert len(out) == 1000
   s_share = np.mean([e["inputs"][0] == s2s for e in out])
   assert abs(s_share - 0.2) < 0.04  # S-denoiser rate 0.2, 3 sigma ~ 0.04
   only_r = [obj.Denoiser("R", 0.15, 3.0, "[NLU]", 1.0)]
   out = _run(obj.ul2_objective, docs[:20], {"inputs": 128, "targets": 128}, features, denoisers=only_r)
-  assert all(e["inputs"][0] == vocab.piece_id(v, "[NLU]") for e in out)
+  assert all(e["inputs"][0] == piece_id(v, "[NLU]") for e in out)
 
 
 def test_ul2_checks_targets_length(features):

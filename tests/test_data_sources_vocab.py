@@ -13,6 +13,7 @@ from jaxlm.data import sources, vocab
 from jaxlm.evaluation import humaneval, suites
 from jaxlm.inference.infer import read_prompts
 from jaxlm.jsonl import FormatError, read_jsonl
+from jaxlm.vocabularies import piece_id
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,8 +153,8 @@ def test_vocab_layout_and_sentinels(small_vocab):
   assert v.decode(v.encode("no space\nbefore")) == "no space\nbefore"  # no dummy prefix
   assert v.encode("Q: 2 + 2?\n") + v.encode("4 apples") == v.encode("Q: 2 + 2?\n4 apples")
   for token in vocab.UL2_MODE_TOKENS:
-    assert vocab.piece_id(v, token) is not None and vocab.piece_id(v, token) < 10
-  assert vocab.piece_id(v, "not-a-piece-at-all") is None
+    assert piece_id(v, token) is not None and piece_id(v, token) < 10
+  assert piece_id(v, "not-a-piece-at-all") is None
 
 
 def test_vocab_round_trips_code_and_bytes(small_vocab):

@@ -10,13 +10,22 @@ still draws new noise every epoch:
 
 Built in, over the embedded corpus (registered on first use, with :func:`vocab.seqio_vocabulary`):
 
-* ``embedded_{prose,code}_{lm,prefix_lm,span_corruption,ul2}``;
+* ``embedded_{prose,code}_{lm,lm_as_targets,prefix_lm,span_corruption,ul2}``;
 * mixtures of prose and code: ``embedded_mix`` (causal LM, examples-proportional with a
   cap), ``embedded_mix_fixed`` (fixed rates), ``embedded_mix_temperature`` (temperature
-  sampling), and ``embedded_mix_{prefix_lm,span_corruption,ul2}`` (examples-proportional).
+  sampling), and ``embedded_mix_{lm_as_targets,prefix_lm,span_corruption,ul2}``
+  (examples-proportional).
 
-``lm`` tasks have a ``targets`` feature only (for the 'decoder' converter); the other
-objectives have ``inputs`` and ``targets`` (for 'prefix_decoder' or 'encoder_decoder').
+``lm`` tasks have a ``targets`` feature only; the other objectives have ``inputs`` and
+``targets`` (any converter: a causal decoder reads them as one sequence, the loss on the
+targets).
+
+Instruction tasks (instruction tuning): :func:`register_instruction_task` over (prompt,
+target) texts, :func:`register_instruction_file_task` over Alpaca / chat / benchmark files,
+:func:`register_instruction_mixture` (Flan's capped examples-proportional mixing, with
+pretraining text at a set share), and the generated families built in on first use of an
+``instructions_*`` name: ``instructions_<family>`` and ``instructions_mix``
+(:func:`register_generated_instruction_tasks`, gin-configurable).
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from jaxlm.data import instructions, objectives, sources
+from jaxlm.data import generated_tasks, instructions, objectives, sources
 from jaxlm.evaluation import metrics
 from jaxlm.data import vocab as vocab_lib
 
@@ -315,14 +324,13 @@ def register_instruction_mixture(name: str, tasks: Sequence[str], rate: str = "p
 def register_generated_instruction_tasks(
     vocabulary=None, families: Optional[Sequence[str]] = None, held_out_families: Sequence[str] = (),
     num_train: int = 2_000, num_validation: int = 200, num_shots: int = 0,
-    chat: Optional[instructions.ChatTemplate] = None, seed: int = 0, **mixture_kwargs) -> List[str]:
+    chat: Optional[instructions.ChatTemplate] = None, seed: int = 0) -> List[str]:
   """``instructions_<family>`` for each generated family (``generated_tasks.FAMILIES``;
   every template of the family, chosen per example), ``instructions_mix`` (the families
-  not in ``held_out_families``: :func:`register_instruction_mixture` with
-  ``mixture_kwargs``) and, if any are held out, ``instructions_held_out`` (theirs, for
-  evaluating on unseen tasks). Returns the names."""
-  from jaxlm.data import generated_tasks  # pylint: disable=import-outside-toplevel
-
+  not in ``held_out_families``: :func:`register_instruction_mixture` as gin binds it) and,
+  if any are held out, ``instructions_held_out`` (theirs, for evaluating on unseen tasks).
+  ``num_shots`` demonstrations per instance; ``chat`` renders instances as chat turns.
+  Returns the names."""
   families = list(families or generated_tasks.FAMILIES)
   unknown = sorted((set(families) | set(held_out_families)) - set(generated_tasks.FAMILIES))
   if unknown:
@@ -337,7 +345,7 @@ def register_generated_instruction_tasks(
     register_instruction_task(f"{INSTRUCTIONS_PREFIX}{family}", pairs, vocabulary, chat=chat)
     names.append(f"{INSTRUCTIONS_PREFIX}{family}")
   trained = [f"{INSTRUCTIONS_PREFIX}{f}" for f in families if f not in held_out_families]
-  register_instruction_mixture(f"{INSTRUCTIONS_PREFIX}mix", trained, **mixture_kwargs)
+  register_instruction_mixture(f"{INSTRUCTIONS_PREFIX}mix", trained)
   names.append(f"{INSTRUCTIONS_PREFIX}mix")
   if held_out_families:
     held = [f"{INSTRUCTIONS_PREFIX}{f}" for f in held_out_families]

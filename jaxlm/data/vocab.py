@@ -35,7 +35,7 @@ import gin
 
 from jaxlm.data import sources
 from jaxlm.data.instructions import CHAT_SYMBOLS
-from jaxlm.vocabularies import EOS_ID, PAD_ID, UNK_ID, piece_id  # noqa: F401 (piece_id: part of this API)
+from jaxlm.vocabularies import EOS_ID, PAD_ID, UNK_ID
 
 UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 WHITESPACE_SYMBOLS = ("\n", "\t")

@@ -196,9 +196,13 @@ def resolve_task_names(mixture_or_task_names: Optional[Names] = None, task_modul
     names += [n for n in suites.register_suite_tasks(specs, suite_vocabulary) if n not in names]
   if not names:
     raise ValueError("nothing to evaluate: give mixture_or_task_names or suite_tasks")
-  from jaxlm.data import tasks  # pylint: disable=import-outside-toplevel
-  for name in names:  # registers the built-in embedded_* / instructions_* ones on first use
-    tasks.get_task_or_mixture(name)
+  import seqio  # pylint: disable=import-outside-toplevel
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  missing = [name for name in names if name not in known]
+  if missing:  # the built-in embedded_* / instructions_* ones register on first use
+    from jaxlm.data import tasks  # pylint: disable=import-outside-toplevel
+    for name in missing:
+      tasks.get_task_or_mixture(name)
   return names
 
 
