@@ -32,6 +32,8 @@ TEST = [
     "transformers>=4.50",
     # benchmarks/dedup_compare.py compares jaxlm's MinHash-LSH with datasketch's.
     "datasketch==2.0.0",
+    # tests/test_adaptation_peft_parity.py checks LoRA adapters against peft's own forward pass.
+    "peft==0.21.2",
 ]
 
 setup(

@@ -4,6 +4,11 @@
       --batch 32 --seq 1024 [--steps 10 --warmup 2 --num_microbatches 1 --learning_rate 3e-4] \\
       [--scan | --no-scan] [--remat dots] [--dtype bfloat16] [--attention_kernel cudnn] \\
       [--peak_flops 989e12] [--gin.TransformerConfig.X=V ...] [--out_dir DIR --name NAME]
+      [--trainable REGEX]   # train only matching parameters, e.g. '_lora_' (PEFT)
+
+Parameter-efficient tuning on GPT-2 small (full vs LoRA r=8 vs QLoRA; see README.md):
+  python -m benchmarks.train_throughput --gin_file=gin_configs/models/gpt2_small.gin --batch 4 --seq 256 \
+      --gin.TransformerConfig.lora_rank=8 [--gin.TransformerConfig.quantization="'nf4'"] --trainable _lora_
 
 It gets its step where jaxlm.training.trainer.train does, from
 train_step.build_train_step: the model from TransformerConfig (gin), adamw
@@ -37,6 +42,7 @@ def run(config, args) -> dict:
   from jaxlm.training.toy_data import SyntheticData
   from jaxlm.training.train_state import mesh_context
   from jaxlm.training.train_step import build_train_step
+  from jaxlm.training.trainable import Trainable, partition
 
   if config.arch == "encoder_decoder":
     raise SystemExit("train_throughput: decoder and prefix_decoder configs only")
@@ -57,8 +63,9 @@ def run(config, args) -> dict:
   batches = [partitioning.global_batch(mesh, mbs) for mbs in host]
 
   # ---- state and the jitted step: the trainer's own builder ----
+  trainable = Trainable(include=(args.trainable,)) if args.trainable else None
   setup = build_train_step(config, adamw(learning_rate=args.learning_rate), host[0][0],
-                           learning_rate=args.learning_rate, mesh=mesh, seed=args.seed)
+                           learning_rate=args.learning_rate, mesh=mesh, seed=args.seed, trainable=trainable)
   model = setup.model
   state = setup.init_state(jax.random.key(args.seed))
 
@@ -67,6 +74,7 @@ def run(config, args) -> dict:
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
+  trained = partition(state.params, setup.mask)[0]
   with mesh_context(setup.mesh, setup.rules):
     losses, seconds = [], []
     for batch in batches:
@@ -93,6 +101,10 @@ def run(config, args) -> dict:
       "peak_flops_per_device": peak,
       "flops_per_token": flops_per_token,
       "num_params": model.num_params(state.params),
+      "trainable_params": model.num_params(trained),
+      "param_bytes": _bytes(state.params),
+      "optimizer_state_bytes": _bytes(state.opt_state),
+      "compiled_temp_bytes": _temp_bytes(compiled),
       "lower_s": t1 - t0,
       "compile_s": t2 - t1,
       "loss_first_step": losses[0],
@@ -104,6 +116,17 @@ def run(config, args) -> dict:
   }
 
 
+def _bytes(tree) -> int:
+  import jax
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def _temp_bytes(compiled):
+  """XLA's scratch memory for the step (activations, gradients), or None if unreported."""
+  analysis = compiled.memory_analysis()
+  return None if analysis is None else int(analysis.temp_size_in_bytes)
+
+
 def main(argv: Sequence[str] = None) -> dict:
   argv = sys.argv[1:] if argv is None else list(argv)
   parser = common.make_parser("python -m benchmarks.train_throughput", __doc__)
@@ -113,6 +136,8 @@ def main(argv: Sequence[str] = None) -> dict:
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   parser.add_argument("--num_microbatches", type=int, default=1)
   parser.add_argument("--learning_rate", type=float, default=3e-4)
+  parser.add_argument("--trainable", default=None,
+                      help="regex: train only the parameters whose path matches (e.g. '_lora_'); default all")
   parser.add_argument("--peak_flops", type=float, default=None,
                       help="peak FLOP/s per device for MFU (default: the table by device kind)")
   args, config, gin_files, bindings = common.parse(parser, argv)

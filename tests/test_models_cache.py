@@ -6,6 +6,8 @@ import pytest
 
 from jaxlm.models import TransformerConfig, build_model
 
+from train_helpers import prefill_then_steps
+
 V = 50
 
 
@@ -23,30 +25,13 @@ def test_cached_steps_match_full_forward(arch, position, scan):
   params = model.init(jax.random.key(0), {"decoder_input_tokens": seq, "encoder_input_tokens": enc,
                                           "decoder_causal_attention": np.zeros_like(seq)})
   p = 5
-  prompt = np.zeros((2, p), np.int32)
-  seg = np.zeros((2, p), np.int32)
-  pos = np.zeros((2, p), np.int32)
-  for i, n in enumerate(lengths):
-    prompt[i, p - n:] = seq[i, :n]
-    seg[i, p - n:] = 1
-    pos[i, p - n:] = np.arange(n)
-  batch = {"decoder_input_tokens": prompt, "decoder_segment_ids": seg, "decoder_positions": pos,
-           "decoder_causal_attention": seg, "encoder_input_tokens": enc}
-  cache = model.init_cache(2, 12, encoder_length=6)
-  logits, cache = jax.jit(model.prefill)(params, cache, batch)
-  step = jax.jit(model.decode_step)
-  steps = []
-  for j in range(4):
-    tok = np.stack([seq[i, n + j] for i, n in enumerate(lengths)])[:, None]
-    posj = (lengths + j)[:, None].astype(np.int32)
-    out, cache = step(params, cache, jnp.asarray(tok), jnp.asarray(posj))
-    steps.append(out[:, 0])
+  logits, steps = prefill_then_steps(model, params, seq, enc, lengths, width=p)
   for i, n in enumerate(lengths):
     full = {"decoder_input_tokens": seq[i:i + 1, :n + 4], "encoder_input_tokens": enc[i:i + 1],
             "decoder_causal_attention": (np.arange(n + 4) < n).astype(np.int32)[None]}
     ref, _ = model.apply(params, full)
     np.testing.assert_allclose(logits[i, p - n:], ref[0, :n], atol=2e-5)
-    np.testing.assert_allclose(np.stack([s[i] for s in steps]), ref[0, n:n + 4], atol=2e-5)
+    np.testing.assert_allclose(steps[i], ref[0, n:n + 4], atol=2e-5)
 
 
 def test_reorder_cache_selects_rows():

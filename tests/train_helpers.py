@@ -169,3 +169,27 @@ def main(spec: dict) -> None:
 
 if __name__ == "__main__":
   main(json.loads(sys.argv[1]))
+
+
+def prefill_then_steps(model, params, seq, enc, lengths, width=5, steps=4, cache_length=12):
+  """KV-cache decoding as the decoder runs it: rows of `seq` left-padded to `width` with
+  their first `lengths` tokens, prefilled, then `steps` tokens fed one at a time.
+  Returns (prefill logits [b, width, v], step logits [b, steps, v])."""
+  import jax
+  import jax.numpy as jnp
+  prompt, seg, pos = (np.zeros((len(lengths), width), np.int32) for _ in range(3))
+  for i, n in enumerate(lengths):
+    prompt[i, width - n:] = seq[i, :n]
+    seg[i, width - n:] = 1
+    pos[i, width - n:] = np.arange(n)
+  batch = {"decoder_input_tokens": prompt, "decoder_segment_ids": seg, "decoder_positions": pos,
+           "decoder_causal_attention": seg, "encoder_input_tokens": enc}
+  cache = model.init_cache(len(lengths), cache_length, encoder_length=enc.shape[1])
+  logits, cache = jax.jit(model.prefill)(params, cache, batch)
+  step = jax.jit(model.decode_step)
+  outs = []
+  for j in range(steps):
+    tok = np.stack([seq[i, n + j] for i, n in enumerate(lengths)])[:, None]
+    out, cache = step(params, cache, jnp.asarray(tok), jnp.asarray((lengths + j)[:, None], jnp.int32))
+    outs.append(out[:, 0])
+  return np.asarray(logits), np.stack([np.asarray(o) for o in outs], axis=1)

@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.models.config import TransformerConfig
-from jaxlm.models.layers import constrain, dtype_of, normal, param
+from jaxlm.models import projection
+from jaxlm.models.params import constrain, dtype_of, param
+from jaxlm.models.peft_layers import prepend_prefix
 from jaxlm.models.positions import apply_rope
 
 
@@ -74,6 +76,9 @@ class Attention(nn.Module):
 
   decode=True keeps keys and values in the 'cache' collection: each call writes its
   chunk at `decode_index` (prefill writes the prompt, a step writes one token).
+  prefix_kv: prefix tuning's (key, value) [P, kv_heads, head_dim] of this layer, put in
+  front of the (cached) keys and values at every call, without RoPE; the mask and bias
+  must already have its P columns (peft_layers.extend_for_prefix).
   """
   config: TransformerConfig
   is_cross: bool = False
@@ -84,15 +89,15 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, kv_input=None, *, mask=None, bias=None, q_pos=None, is_causal: bool = False,
-               decode_index=None):
+               decode_index=None, deterministic: bool = True, prefix_kv=None):
     cfg = self.config
     n, kv, h, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_model
     dtype = dtype_of(cfg.dtype)
     std = cfg.init_std
 
     def project(name, inp, heads, pstd):
-      w = param(self, name, normal(pstd or std), (d, heads, h), ("embed", "heads" if heads == n else "kv_heads", "kv"))
-      y = jnp.einsum("btd,dnh->btnh", inp, w.astype(dtype))
+      y = projection.project(self, name, inp, (d, heads, h), ("embed", "heads" if heads == n else "kv_heads", "kv"),
+                             pstd or std, deterministic=deterministic)
       if cfg.use_bias:
         y = y + param(self, name + "_bias", jax.nn.initializers.zeros, (heads, h),
                       ("heads" if heads == n else "kv_heads", "kv")).astype(dtype)
@@ -110,14 +115,16 @@ class Attention(nn.Module):
         k = apply_rope(k, q_pos, cfg)
       if self.decode:
         k, v = self._update_cache(k, v, decode_index)
+      if prefix_kv is not None:
+        k, v = prepend_prefix(prefix_kv, k, v)
     scale = 1.0 / math.sqrt(h) if cfg.scale_attention else 1.0
     kernel = resolve_kernel(cfg)
     if self.decode:
       is_causal = False  # the cache is longer than the chunk: the mask says what is valid
     out = attend(q, k, v, mask=mask, bias=bias, scale=scale, kernel=kernel, is_causal=is_causal)
     out = constrain(out, ("batch", "length", "heads", "kv"))
-    w_out = param(self, "out", normal(self.out_std or std), (n, h, d), ("heads", "kv", "embed"))
-    y = jnp.einsum("btnh,nhd->btd", out, w_out.astype(dtype))
+    y = projection.project(self, "out", out, (n, h, d), ("heads", "kv", "embed"), self.out_std or std, num_in=2,
+                           deterministic=deterministic)
     if cfg.use_bias:
       y = y + param(self, "out_bias", jax.nn.initializers.zeros, (d,), ("embed",)).astype(dtype)
     return y

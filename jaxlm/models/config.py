@@ -19,6 +19,8 @@ ROPE_SCALINGS = ("none", "linear", "llama3")
 ATTENTION_KERNELS = ("xla", "cudnn", "auto")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "int8", "int4", "nf4")
+ADAPTER_KINDS = ("serial", "parallel")
 
 
 @gin.configurable
@@ -77,6 +79,23 @@ class TransformerConfig:
   param_dtype: str = "float32"
   remat_policy: str = "none"
   scan_layers: bool = False
+  # Parameter-efficient tuning (jaxlm/adaptation): parameters added beside the base weights,
+  # which stay as they are (Trainable(added_only=True) trains only the added ones).
+  lora_rank: int = 0                      # LoRA (Hu et al. 2021): 0 = off
+  lora_alpha: float = 16.0                # the update is scaled by alpha / rank
+  lora_rslora: bool = False               # rsLoRA: alpha / sqrt(rank) instead
+  lora_dropout: float = 0.0               # on the LoRA branch's input
+  lora_targets: str = "query|key|value|out"  # regex over projection names: query key value out wi wi_0 wi_1 wo
+  adapter_size: int = 0                   # bottleneck adapters after attention and MLP: 0 = off
+  adapter_kind: str = "serial"            # 'serial' (Houlsby et al.) or 'parallel' (He et al.)
+  prefix_length: int = 0                  # prefix tuning (Li & Liang): K/V prefixes per layer
+  prefix_hidden: int = 0                  # > 0: reparametrised through an MLP this wide; 0: P-tuning v2
+  prompt_length: int = 0                  # prompt tuning (Lester et al.): soft prompt embeddings
+  # Weight-only quantization of the projection kernels (stored quantized, dequantized on
+  # the fly in `dtype`): int8 per output channel, int4 / NF4 in blocks (NF4: QLoRA's
+  # double-quantized NormalFloat).
+  quantization: str = "none"
+  quantization_block: int = 64            # int4 / nf4 block size (along the input axis)
 
   # ---- derived values ----
   @property
@@ -109,7 +128,8 @@ class TransformerConfig:
     for field, options in (("arch", ARCHS), ("norm_type", NORM_TYPES), ("norm_position", NORM_POSITIONS),
                            ("mlp_activation", ACTIVATIONS), ("position", POSITIONS),
                            ("rope_scaling", ROPE_SCALINGS), ("attention_kernel", ATTENTION_KERNELS),
-                           ("remat_policy", REMAT_POLICIES), ("dtype", DTYPES), ("param_dtype", DTYPES)):
+                           ("remat_policy", REMAT_POLICIES), ("dtype", DTYPES), ("param_dtype", DTYPES),
+                           ("quantization", QUANTIZATIONS), ("adapter_kind", ADAPTER_KINDS)):
       choice(field, options)
     for field in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_len"):
       if getattr(self, field) <= 0:
@@ -144,4 +164,18 @@ class TransformerConfig:
                          f"{self.moe_every} mixes dense and MoE layers; set moe_every=1 or scan_layers=False")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"TransformerConfig.dropout_rate={self.dropout_rate} must be in [0, 1)")
+    for field in ("lora_rank", "adapter_size", "prefix_length", "prefix_hidden", "prompt_length"):
+      if getattr(self, field) < 0:
+        raise ValueError(f"TransformerConfig.{field}={getattr(self, field)} must be >= 0")
+    if not 0.0 <= self.lora_dropout < 1.0:
+      raise ValueError(f"TransformerConfig.lora_dropout={self.lora_dropout} must be in [0, 1)")
+    if self.prefix_hidden and not self.prefix_length:
+      raise ValueError(f"TransformerConfig.prefix_hidden={self.prefix_hidden} reparametrises prefixes, but "
+                       "prefix_length=0 adds none; set prefix_length > 0 or prefix_hidden = 0")
+    if self.position == "learned" and self.prompt_length >= self.max_len:
+      raise ValueError(f"TransformerConfig.prompt_length={self.prompt_length} leaves no learned positions of "
+                       f"max_len={self.max_len} for the tokens (the soft prompt takes the first ones)")
+    if self.quantization in ("int4", "nf4") and self.quantization_block % 2:
+      raise ValueError(f"TransformerConfig.quantization_block={self.quantization_block} must be even "
+                       "(two 4-bit codes per byte)")
     return self

@@ -4,13 +4,27 @@
 safetensors or PyTorch weights, sharded or not). Every tensor of the checkpoint must be
 used and every parameter of the jaxlm model filled; otherwise the error names the file and
 the tensor. Nothing is downloaded.
+
+`load_hf(path, adapter_dir)` also reads a LoRA adapter that peft's `save_pretrained` wrote
+for that checkpoint (adapter_config.json plus adapter_model.safetensors or .bin, GPT-2 and
+LLaMA / Mistral): merged into the base kernels (`merge_adapter=True`, a plain config), or
+kept as jaxlm's own LoRA leaves ``<kernel>_lora_a`` / ``<kernel>_lora_b`` with the config's
+lora_rank, lora_alpha, lora_rslora, lora_dropout and lora_targets set from the adapter.
+GPT-2's fused c_attn gives query, key and value the same A and each its slice of B, which
+computes the same function. Per-module rank_pattern / alpha_pattern and layers_to_transform
+merge exactly; unmerged, jaxlm has one rank, one scale and LoRA in every layer, so a module's
+own alpha is folded into its B, and a higher rank (unless its extra components are zero) or
+an adapter on only some layers is refused. So are settings that are not plain LoRA (DoRA,
+trained biases, modules_to_save, ...): a ValueError names the adapter_config.json key.
+jaxlm.adaptation.peft_format writes adapters the other way.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -248,6 +262,205 @@ CONVERTERS: Dict[str, Tuple[Callable, tuple]] = {
 }
 
 
+# ---------------------------------------------------------------- peft LoRA adapters
+ADAPTER_CONFIG = "adapter_config.json"
+PEFT_PREFIX = "base_model.model."
+# adapter_config.json keys whose non-empty values change what the adapter computes in ways
+# jaxlm's LoRA (y += scale * x A B on whole kernels) cannot: DoRA, LoRA bias, extra full
+# modules, aLoRA's token-activated adapters, KaSA, Arrow routing, ...
+UNSUPPORTED_ADAPTER_KEYS = ("use_dora", "lora_bias", "modules_to_save", "layer_replication", "use_qalora",
+                            "trainable_token_indices", "target_parameters", "alora_invocation_tokens",
+                            "use_bdlora", "arrow_config", "kasa_config", "monteclora_config")
+
+
+def peft_modules(model_type: str, num_layers: int, d_model: int) -> Dict[str, List[tuple]]:
+  """The Hugging Face modules a LoRA adapter can target, by name without the checkpoint
+  prefix ('h.0.attn.c_attn', 'layers.0.self_attn.q_proj'), each -> the jaxlm kernels it
+  feeds: (kernel path, projection name for lora_targets, number of kernel input axes,
+  (start, stop) of the module's output features or None for all of them)."""
+  out = {}
+  for i in range(num_layers):
+    ours = f"decoder/layers_{i}/"
+    if model_type == "gpt2":
+      pre, d = f"h.{i}.", d_model
+      out[pre + "attn.c_attn"] = [(ours + f"self_attention/{name}", name, 1, (j * d, (j + 1) * d))
+                                  for j, name in enumerate(("query", "key", "value"))]
+      out[pre + "attn.c_proj"] = [(ours + "self_attention/out", "out", 2, None)]
+      out[pre + "mlp.c_fc"] = [(ours + "mlp/wi/kernel", "wi", 1, None)]
+      out[pre + "mlp.c_proj"] = [(ours + "mlp/wo/kernel", "wo", 1, None)]
+    elif model_type in ("llama", "mistral"):
+      pre = f"layers.{i}."
+      for theirs, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("o_proj", "out")):
+        num_in = 2 if name == "out" else 1
+        out[pre + f"self_attn.{theirs}"] = [(ours + f"self_attention/{name}", name, num_in, None)]
+      for theirs, name in (("gate_proj", "wi_0"), ("up_proj", "wi_1"), ("down_proj", "wo")):
+        out[pre + f"mlp.{theirs}"] = [(ours + f"mlp/{name}/kernel", name, 1, None)]
+    else:
+      raise CheckpointError(f"model_type={model_type!r}: LoRA adapters are supported for gpt2, llama and "
+                            "mistral checkpoints")
+  return out
+
+
+def _get(tree: dict, path: str):
+  for p in path.split("/"):
+    tree = tree[p]
+  return tree
+
+
+def _pattern_value(pattern: dict, module: str, default):
+  """peft's rank_pattern / alpha_pattern lookup (peft.utils.other.get_pattern_key): the value
+  of the first key that, as a regex, matches the module name or a tail of it after a dot."""
+  for key, value in pattern.items():
+    if re.match(rf"(.*\.)?({key})$", module):
+      return value
+  return default
+
+
+def _read_adapter(adapter_dir: str):
+  cfg_file = os.path.join(adapter_dir, ADAPTER_CONFIG)
+  if not os.path.exists(cfg_file):
+    raise CheckpointError(f"{cfg_file}: not found (a peft adapter directory needs {ADAPTER_CONFIG})")
+  with open(cfg_file) as f:
+    acfg = json.load(f)
+  file = os.path.join(adapter_dir, "adapter_model.safetensors")
+  if os.path.exists(file):
+    from safetensors.numpy import load_file
+    tensors = load_file(file)
+  elif os.path.exists(os.path.join(adapter_dir, "adapter_model.bin")):
+    import torch  # only PyTorch-format adapters need it
+    file = os.path.join(adapter_dir, "adapter_model.bin")
+    tensors = {k: v.float().numpy() for k, v in torch.load(file, map_location="cpu", weights_only=True).items()}
+  else:
+    raise CheckpointError(f"{adapter_dir}: no adapter_model.safetensors or adapter_model.bin")
+  return cfg_file, acfg, file, tensors
+
+
+def _check_adapter_config(acfg: dict, cfg_file: str):
+  if acfg.get("peft_type", "LORA") != "LORA":
+    raise CheckpointError(f"{cfg_file}: peft_type={acfg['peft_type']!r}; only LORA adapters can be read")
+  for key in UNSUPPORTED_ADAPTER_KEYS:
+    if acfg.get(key):
+      raise CheckpointError(f"{cfg_file}: {key}={acfg[key]!r} is not supported (jaxlm reads plain LoRA)")
+  if acfg.get("bias", "none") != "none":
+    raise CheckpointError(f"{cfg_file}: bias={acfg['bias']!r} is not supported (only 'none': the adapter "
+                          "must not train biases)")
+  for key in ("r", "lora_alpha"):
+    if not isinstance(acfg.get(key), (int, float)) or acfg[key] <= 0:
+      raise CheckpointError(f"{cfg_file}: {key}={acfg.get(key)!r} must be a positive number")
+
+
+def _check_targets(acfg: dict, cfg_file: str, modules: dict, prefix: str):
+  """Every entry of target_modules must name a module jaxlm maps (peft's matching rules)."""
+  targets = acfg.get("target_modules")
+  names = [n for m in modules for n in (m, prefix + m)]
+  short = sorted({re.sub(r"^(h|layers)\.\d+\.", "", m) for m in modules})
+  if isinstance(targets, str):
+    if targets != "all-linear" and not any(re.fullmatch(targets, n) for n in names):
+      raise CheckpointError(f"{cfg_file}: target_modules={targets!r} matches no module jaxlm can map ({short})")
+    return
+  for t in targets or ():
+    if not any(n == t or n.endswith("." + t) for n in names):
+      raise CheckpointError(f"{cfg_file}: target_modules entry {t!r} names no module jaxlm can map "
+                            f"(it maps {short})")
+
+
+def _rows(b, r: int, part: int, parts: int, cfg_file: str, module: str):
+  """Rank components [.., r_m] of one kernel's B^T slice [r_m, fan_out] to keep when the
+  module's rank r_m exceeds the adapter's r: block `part` if the module is a block form of
+  `parts` rank-r adapters (what peft_format writes for GPT-2's c_attn), else the components
+  whose B is not zero (the others add exactly 0)."""
+  r_m = b.shape[0]
+  block = np.zeros(r_m, bool)
+  if r_m == parts * r:
+    block[part * r:(part + 1) * r] = True
+    if not np.any(b[~block]):
+      return block
+  keep = np.any(b != 0, axis=1)
+  if keep.sum() > r:
+    raise CheckpointError(f"{cfg_file}: rank_pattern gives {module} rank {r_m} > r={r}; jaxlm has one LoRA "
+                          "rank for all kernels, so load it with merge_adapter=True")
+  return keep
+
+
+def apply_peft_adapter(params: dict, model_type: str, num_layers: int, d_model: int, prefixes: tuple,
+                       adapter_dir: str, merge_adapter: bool) -> dict:
+  """Adds the peft LoRA adapter in `adapter_dir` to the unstacked jaxlm `params` (in place):
+  merged into the kernels, or as ``_lora_a`` / ``_lora_b`` leaves. Returns the config fields
+  the result needs ({} when merged)."""
+  cfg_file, acfg, file, tensors = _read_adapter(adapter_dir)
+  _check_adapter_config(acfg, cfg_file)
+  modules = peft_modules(model_type, num_layers, d_model)
+  _check_targets(acfg, cfg_file, modules, prefixes[0] if prefixes else "")
+  r, alpha, rslora = int(acfg["r"]), float(acfg["lora_alpha"]), bool(acfg.get("use_rslora", False))
+  ranks, alphas = acfg.get("rank_pattern") or {}, acfg.get("alpha_pattern") or {}
+  found: Dict[str, dict] = {}
+  for key, array in tensors.items():
+    m = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+)\.lora_([AB])\.weight", key)
+    if not m:
+      raise CheckpointError(f"{file}: tensor {key!r} is not a LoRA A or B weight "
+                            f"({PEFT_PREFIX}<module>.lora_A.weight / .lora_B.weight)")
+    full, name = m.group(1), m.group(1)
+    for p in prefixes:
+      if name.startswith(p):
+        name = name[len(p):]
+    if name not in modules:
+      raise CheckpointError(f"{cfg_file}: target_modules={acfg.get('target_modules')!r} put LoRA on {full!r} "
+                            f"({file}: {key}), which jaxlm cannot map")
+    found.setdefault(name, {"full": full})[m.group(2)] = np.asarray(array, np.float32)
+  if not found:
+    raise CheckpointError(f"{file}: no LoRA tensors")
+  scale = alpha / (math.sqrt(r) if rslora else r)
+  covered: Dict[str, int] = {}
+  for name, ab in sorted(found.items()):
+    full = ab["full"]
+    for which in "AB":
+      if which not in ab:
+        raise CheckpointError(f"{file}: {PEFT_PREFIX}{full}.lora_{which}.weight is missing")
+    # peft stores A [r, in] and B [out, r] for Linear and Conv1D alike (fan_in_fan_out only
+    # says how the base weight is laid out), so the key needs no handling here.
+    a, b = ab["A"].T, ab["B"].T  # [fan_in, r_m], [r_m, fan_out]
+    r_m = _pattern_value(ranks, full, r)
+    alpha_m = float(_pattern_value(alphas, full, alpha))
+    kernels = modules[name]
+    width = kernels[-1][3][1] if kernels[-1][3] else None
+    if a.shape[1] != r_m or b.shape[0] != r_m:
+      raise CheckpointError(f"{file}: LoRA tensors of {full} have rank {a.shape[1]} / {b.shape[0]}, but "
+                            f"{cfg_file} gives it rank {r_m} (r / rank_pattern)")
+    scale_m = alpha_m / (math.sqrt(r_m) if rslora else r_m)
+    for part, (path, proj, num_in, cols) in enumerate(kernels):
+      kernel = _get(params, path)
+      fan_in = math.prod(kernel.shape[:num_in])
+      fan_out = kernel.size // fan_in
+      if a.shape[0] != fan_in or b.shape[1] != (width or fan_out):
+        raise CheckpointError(f"{file}: LoRA tensors of {full} are A {ab['A'].shape} / B {ab['B'].shape}; the "
+                              f"module needs A [{r_m}, {fan_in}] and B [{width or fan_out}, {r_m}]")
+      b_k = b[:, cols[0]:cols[1]] if cols else b
+      if merge_adapter:
+        _set(params, path, (kernel + scale_m * (a @ b_k).reshape(kernel.shape)).astype(np.float32))
+        continue
+      a_k = a
+      if r_m > r:
+        keep = _rows(b_k, r, part, len(kernels), cfg_file, full)
+        a_k, b_k = a_k[:, keep], b_k[keep]
+      a_k = np.pad(a_k, ((0, 0), (0, r - a_k.shape[1])))
+      b_k = np.pad(b_k, ((0, r - b_k.shape[0]), (0, 0)))
+      if scale_m != scale:  # jaxlm has one scale: fold the module's into B
+        b_k = b_k * (scale_m / scale)
+      _set(params, path + "_lora_a", a_k.astype(np.float32))
+      _set(params, path + "_lora_b", b_k.astype(np.float32))
+      covered[proj] = covered.get(proj, 0) + 1
+  if merge_adapter:
+    return {}
+  partial = sorted(p for p, n in covered.items() if n != num_layers)
+  if partial:
+    key = "layers_to_transform" if acfg.get("layers_to_transform") is not None else "target_modules"
+    raise CheckpointError(f"{cfg_file}: {key}={acfg.get(key)!r} puts LoRA on {partial} in only some of the "
+                          f"{num_layers} layers; jaxlm's LoRA covers every layer, so load it with "
+                          "merge_adapter=True")
+  return {"lora_rank": r, "lora_alpha": alpha, "lora_rslora": rslora,
+          "lora_dropout": float(acfg.get("lora_dropout") or 0.0), "lora_targets": "|".join(sorted(covered))}
+
+
 # ---------------------------------------------------------------- entry point
 def stack_layers(params: dict, config: TransformerConfig) -> dict:
   """layers_0..layers_{L-1} -> one 'layers' subtree with a leading axis (scan_layers)."""
@@ -262,9 +475,13 @@ def stack_layers(params: dict, config: TransformerConfig) -> dict:
   return out
 
 
-def load_hf(path: str, dtype: str = "float32", **overrides) -> Tuple[TransformerConfig, dict]:
-  """Reads a Hugging Face GPT-2 / LLaMA / T5 directory. `overrides` set other config fields
-  (e.g. dtype="bfloat16" compute, scan_layers=True); parameters are `dtype` (float32)."""
+def load_hf(path: str, adapter_dir: Optional[str] = None, *, merge_adapter: bool = True, dtype: str = "float32",
+            **overrides) -> Tuple[TransformerConfig, dict]:
+  """Reads a Hugging Face GPT-2 / LLaMA / T5 directory, and the peft LoRA adapter in
+  `adapter_dir` if given (GPT-2, LLaMA): merged into the kernels (`merge_adapter`, a config
+  without LoRA) or as separate LoRA leaves (a config with lora_rank set). `overrides` set
+  other config fields (e.g. dtype="bfloat16" compute, scan_layers=True); parameters are
+  `dtype` (float32)."""
   hf = _read_config(path)
   kind = hf.get("model_type")
   if kind not in CONVERTERS:
@@ -274,6 +491,9 @@ def load_hf(path: str, dtype: str = "float32", **overrides) -> Tuple[Transformer
   tensors = _Tensors(_read_tensors(path), path, prefixes)
   config, params = convert(hf, tensors)
   tensors.check_all_used()
+  if adapter_dir is not None:
+    config = config.replace(**apply_peft_adapter(params, kind, config.num_layers, config.d_model, prefixes,
+                                                 adapter_dir, merge_adapter))
   config = config.replace(param_dtype=dtype, **overrides).validate()
   if config.scan_layers:
     params = stack_layers(params, config)

@@ -1,34 +1,14 @@
-"""Building blocks: parameters with logical axes, norms, feed-forward layers, embeddings."""
+"""Building blocks: norms, dense layers, feed-forward layers, embeddings (parameters with
+logical axes: jaxlm.models.params; every projection: jaxlm.models.projection)."""
 from __future__ import annotations
-
-from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxlm.models.config import TransformerConfig
-
-Initializer = jax.nn.initializers.Initializer
-
-
-def dtype_of(name: str):
-  return jnp.dtype(name)
-
-
-def param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int], axes: Sequence):
-  """A parameter annotated with logical axis names (see jaxlm.training.partitioning)."""
-  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape),
-                      dtype_of(module.config.param_dtype))
-
-
-def normal(std: float) -> Initializer:
-  return jax.nn.initializers.normal(stddev=std)
-
-
-def constrain(x, axes):
-  """Activation sharding by logical names; a no-op outside a mesh + rules context."""
-  return nn.with_logical_constraint(x, axes)
+from jaxlm.models.params import constrain, dtype_of, normal, param
+from jaxlm.models.projection import project
 
 
 class Norm(nn.Module):
@@ -61,17 +41,19 @@ def activation(cfg: TransformerConfig, x):
 
 
 class Dense(nn.Module):
-  """x @ kernel (+ bias) with the kernel's logical axes; contracts the last input axis."""
+  """x @ kernel (+ bias) with the kernel's logical axes; contracts the last input axis. The
+  kernel may be quantized and carry a LoRA branch (jaxlm.models.projection); LoRA targets
+  match the module's name (wi, wi_0, wi_1, wo)."""
   config: TransformerConfig
   features: int
   axes: tuple  # (in_axis_name, out_axis_name)
   init_std: float
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic: bool = True):
     cfg = self.config
-    kernel = param(self, "kernel", normal(self.init_std), (x.shape[-1], self.features), self.axes)
-    y = jnp.dot(x, kernel.astype(dtype_of(cfg.dtype)))
+    y = project(self, "kernel", x, (x.shape[-1], self.features), self.axes, self.init_std,
+                deterministic=deterministic, lora_name=self.name)
     if cfg.use_bias:
       y = y + param(self, "bias", jax.nn.initializers.zeros, (self.features,), self.axes[1:]).astype(y.dtype)
     return y
@@ -87,13 +69,13 @@ class MLP(nn.Module):
   def __call__(self, x, deterministic: bool = True):
     cfg = self.config
     if cfg.gated_mlp:
-      h = activation(cfg, Dense(cfg, cfg.d_ff, ("embed", "mlp"), self.in_std, name="wi_0")(x))
-      h = h * Dense(cfg, cfg.d_ff, ("embed", "mlp"), self.in_std, name="wi_1")(x)
+      h = activation(cfg, Dense(cfg, cfg.d_ff, ("embed", "mlp"), self.in_std, name="wi_0")(x, deterministic))
+      h = h * Dense(cfg, cfg.d_ff, ("embed", "mlp"), self.in_std, name="wi_1")(x, deterministic)
     else:
-      h = activation(cfg, Dense(cfg, cfg.d_ff, ("embed", "mlp"), self.in_std, name="wi")(x))
+      h = activation(cfg, Dense(cfg, cfg.d_ff, ("embed", "mlp"), self.in_std, name="wi")(x, deterministic))
     h = constrain(h, ("batch", "length", "mlp"))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return Dense(cfg, cfg.d_model, ("mlp", "embed"), self.out_std, name="wo")(h)
+    return Dense(cfg, cfg.d_model, ("mlp", "embed"), self.out_std, name="wo")(h, deterministic)
 
 
 class Embed(nn.Module):

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.models.config import TransformerConfig
-from jaxlm.models.layers import activation, constrain, dtype_of, normal, param
+from jaxlm.models.layers import activation
+from jaxlm.models.params import constrain, dtype_of, normal, param
 
 
 class MoeMLP(nn.Module):

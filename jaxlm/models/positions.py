@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.models.config import TransformerConfig
-from jaxlm.models.layers import normal, param
+from jaxlm.models.params import normal, param
 
 
 def sinusoidal(positions, dim: int, max_timescale: float = 10000.0):

@@ -4,6 +4,8 @@ One Transformer module covers the three families:
   decoder          causal self-attention
   prefix_decoder   the same parameters; `prefix` positions attend each other both ways
   encoder_decoder  a bidirectional encoder and a causal decoder with cross-attention
+and, in every family, the parameter-efficient options of jaxlm.models.peft_layers
+(adapters, prefix tuning, prompt tuning).
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ import jax.numpy as jnp
 
 from jaxlm.models.attention import Attention, make_mask
 from jaxlm.models.config import TransformerConfig
-from jaxlm.models.layers import MLP, Embed, Norm, constrain, normal, param
+from jaxlm.models.layers import MLP, Embed, Norm
+from jaxlm.models.params import constrain, normal, param
 from jaxlm.models.moe import MoeMLP
+from jaxlm.models import peft_layers
 from jaxlm.models.positions import RelativePositionBias, alibi_bias, sinusoidal
 
 REMAT_POLICIES = {
@@ -72,6 +76,7 @@ class AttentionInputs:
   causal stack (the kernel's is_causal) and while the cache is being created; self_bias is
   ALiBi's or T5's [b, heads, t, s]; decode_index is where the chunk goes in the KV cache;
   encoded [b, s, d] and cross_mask are the encoder outputs and their mask (cross-attention).
+  With prefix tuning, self_mask and self_bias have prefix_length more key columns in front.
   """
   positions: jax.Array
   self_mask: Optional[jax.Array] = None
@@ -83,7 +88,8 @@ class AttentionInputs:
 
 class Block(nn.Module):
   """Self-attention, optional cross-attention, and a dense or MoE feed-forward, each a
-  residual sub-layer with the configured norm placement (see `_norm_in` / `_residual`)."""
+  residual sub-layer with the configured norm placement (see `_norm_in` / `_residual`) and
+  an optional bottleneck adapter (`_adapt`)."""
   config: TransformerConfig
   has_cross: bool = False
   use_moe: bool = False
@@ -93,33 +99,45 @@ class Block(nn.Module):
   is_causal: bool = False
 
   @nn.compact
-  def __call__(self, x, inputs: AttentionInputs):
+  def __call__(self, x, inputs: AttentionInputs, prefix_kv=None):
     """x [b, t, d] -> (x, moe_loss): the residual stream after the block and the MoE
-    load-balancing loss (0 for a dense feed-forward). nn.scan runs it with x as the carry."""
+    load-balancing loss (0 for a dense feed-forward). nn.scan runs it with x as the carry.
+    prefix_kv: this layer's prefix-tuning (key, value), or None."""
     cfg = self.config
     std = block_init_stds(cfg, self.is_encoder)
 
     attention = Attention(cfg, qk_std=std.qk, v_std=std.v, out_std=std.attn_out, decode=self.decode,
                           name="self_attention")
-    h = attention(self._norm_in("self_attention", x), mask=inputs.self_mask, bias=inputs.self_bias,
-                  q_pos=inputs.positions, is_causal=self.is_causal, decode_index=inputs.decode_index)
-    x = self._residual("self_attention", x, h)
+    inp = self._norm_in("self_attention", x)
+    h = attention(inp, mask=inputs.self_mask, bias=inputs.self_bias, q_pos=inputs.positions,
+                  is_causal=self.is_causal, decode_index=inputs.decode_index, prefix_kv=prefix_kv,
+                  deterministic=self.deterministic)
+    x = self._residual("self_attention", x, self._adapt("self_attention", inp, h))
 
     if self.has_cross:
       cross = Attention(cfg, is_cross=True, qk_std=std.qk, v_std=std.v, out_std=std.attn_out,
                         decode=self.decode, name="cross_attention")
-      h = cross(self._norm_in("cross_attention", x), inputs.encoded, mask=inputs.cross_mask)
-      x = self._residual("cross_attention", x, h)
+      inp = self._norm_in("cross_attention", x)
+      h = cross(inp, inputs.encoded, mask=inputs.cross_mask, deterministic=self.deterministic)
+      x = self._residual("cross_attention", x, self._adapt("cross_attention", inp, h))
 
+    inp = self._norm_in("mlp", x)
     if self.use_moe:
-      h, moe_loss = MoeMLP(cfg, out_std=std.mlp_out, in_std=std.mlp_in, name="moe")(
-          self._norm_in("mlp", x), self.deterministic)
+      h, moe_loss = MoeMLP(cfg, out_std=std.mlp_out, in_std=std.mlp_in, name="moe")(inp, self.deterministic)
     else:
-      h = MLP(cfg, out_std=std.mlp_out, in_std=std.mlp_in, name="mlp")(
-          self._norm_in("mlp", x), self.deterministic)
+      h = MLP(cfg, out_std=std.mlp_out, in_std=std.mlp_in, name="mlp")(inp, self.deterministic)
       moe_loss = jnp.zeros((), jnp.float32)
-    x = self._residual("mlp", x, h)
+    x = self._residual("mlp", x, self._adapt("mlp", inp, h))
     return constrain(x, ("batch", "length", "embed")), moe_loss
+
+  def _adapt(self, name: str, inp, h):
+    """The sub-layer output h with its bottleneck adapter `<name>_adapter` (adapter_size > 0):
+    serial h + A(h) (Houlsby et al.), parallel h + A(inp), inp the sub-layer's input (He et al.)."""
+    cfg = self.config
+    if not cfg.adapter_size:
+      return h
+    adapter = peft_layers.Adapter(cfg, name=f"{name}_adapter")
+    return h + adapter(h if cfg.adapter_kind == "serial" else inp)
 
   def _norm_in(self, name: str, x):
     """The sub-layer's input: normalized for pre-LN and sandwich-LN, as is for post-LN."""
@@ -141,7 +159,12 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-  """Embedded tokens -> positions -> blocks -> final norm. An encoder or a decoder."""
+  """Embedded tokens -> positions -> blocks -> final norm. An encoder or a decoder.
+
+  With prompt tuning the Transformer has put the soft prompt in front of x (the first
+  `_prompt_length` row positions, see `peft_layers.share_prompt`); with prefix tuning every
+  layer's self-attention gets its prefix keys and values (`peft_layers.PrefixTuning`).
+  """
   config: TransformerConfig
   num_layers: int
   is_encoder: bool = False
@@ -161,7 +184,7 @@ class Stack(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
 
-    is_causal = causal and segments is None and prefix is None and not decode
+    is_causal = causal and segments is None and prefix is None and not decode and not cfg.prefix_length
     if segments is None:
       segments = jnp.ones(x.shape[:2], jnp.int32)
     k_pos, decode_index, self_mask = positions, None, None
@@ -170,6 +193,10 @@ class Stack(nn.Module):
           segments, positions, prefix, encoder_segments, encoded)
     elif not is_causal:
       self_mask = make_mask(segments, segments, causal=causal, q_prefix=prefix, k_prefix=prefix)
+      if self._prompt_length:
+        index = jnp.arange(x.shape[1])[None]
+        self_mask = peft_layers.share_prompt(self_mask, self._prompt_length, segments, segments,
+                                             q_index=index, k_index=index, causal=causal)
 
     self_bias = None
     if cfg.position == "t5_relative":
@@ -180,6 +207,14 @@ class Stack(nn.Module):
     cross_mask = None
     if self.has_cross:
       cross_mask = make_mask(segments, encoder_segments, causal=False)
+      if cfg.prompt_length:  # the encoder's soft prompt
+        k_index = jnp.arange(encoder_segments.shape[1])[None]
+        cross_mask = peft_layers.share_prompt(cross_mask, cfg.prompt_length, segments, encoder_segments,
+                                              k_index=k_index, causal=False)
+    prefix_kv = None
+    if cfg.prefix_length:
+      self_mask, self_bias = peft_layers.extend_for_prefix(self_mask, self_bias, cfg.prefix_length)
+      prefix_kv = peft_layers.PrefixTuning(cfg, self.num_layers, name="prefix_tuning")()
 
     inputs = AttentionInputs(positions=positions, self_mask=self_mask, self_bias=self_bias,
                              decode_index=decode_index, encoded=encoded, cross_mask=cross_mask)
@@ -189,19 +224,29 @@ class Stack(nn.Module):
     if cfg.remat_policy != "none" and not decode:
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:  # x is the carry, `inputs` is broadcast, the MoE losses are stacked
+      layer_args, in_axes = ((inputs,), nn.broadcast) if prefix_kv is None else \
+          ((inputs, prefix_kv), (nn.broadcast, 0))  # the prefixes are scanned over their layer axis
       scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0},
-                        split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                        split_rngs={"params": True, "dropout": True}, in_axes=in_axes,
                         length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, moe_losses = scanned(use_moe=cfg.num_experts > 0, name="layers", **block_args)(x, inputs)
+      x, moe_losses = scanned(use_moe=cfg.num_experts > 0, name="layers", **block_args)(x, *layer_args)
       aux = moe_losses.sum()
     else:
       aux = jnp.zeros((), jnp.float32)
       for i in range(self.num_layers):
-        x, moe_loss = block(use_moe=cfg.is_moe_layer(i), name=f"layers_{i}", **block_args)(x, inputs)
+        layer_args = (inputs,) if prefix_kv is None else (inputs, (prefix_kv[0][i], prefix_kv[1][i]))
+        x, moe_loss = block(use_moe=cfg.is_moe_layer(i), name=f"layers_{i}", **block_args)(x, *layer_args)
         aux = aux + moe_loss
     if cfg.norm_position in ("pre", "sandwich"):
       x = Norm(cfg, name="final_norm")(x)
     return x, aux
+
+  @property
+  def _prompt_length(self) -> int:
+    """How many positions at the start of this stack's rows are the soft prompt."""
+    cfg = self.config
+    on_this_stack = self.is_encoder or cfg.arch != "encoder_decoder"
+    return cfg.prompt_length if on_this_stack else 0
 
   def _decode_state(self, segments, positions, prefix, encoder_segments, encoded):
     """Cache bookkeeping shared by all layers: where to write, which keys are valid."""
@@ -226,18 +271,29 @@ class Stack(nn.Module):
     key_prefix.value = jax.lax.dynamic_update_slice(key_prefix.value, prefix, (0, idx))
     index.value = idx + t
     s = key_seg.value.shape[1]
-    mask = make_mask(segments, key_seg.value, causal=True, q_index=idx + jnp.arange(t)[None],
-                     k_index=jnp.arange(s)[None], q_prefix=prefix, k_prefix=key_prefix.value)
+    q_index, k_index = idx + jnp.arange(t)[None], jnp.arange(s)[None]
+    mask = make_mask(segments, key_seg.value, causal=True, q_index=q_index, k_index=k_index,
+                     q_prefix=prefix, k_prefix=key_prefix.value)
+    if self._prompt_length:  # the prefill wrote the soft prompt in the first cache positions
+      mask = peft_layers.share_prompt(mask, self._prompt_length, segments, key_seg.value,
+                                      q_index=q_index, k_index=k_index, causal=True)
     return idx, mask, key_pos.value, None if enc_seg is None else enc_seg.value
 
 
 class Transformer(nn.Module):
-  """Token embedding, optional encoder, decoder, output projection to float32 logits."""
+  """Token embedding, optional encoder, decoder, output projection to float32 logits.
+
+  With prompt tuning (prompt_length > 0) the soft prompt goes in front of the encoder's
+  inputs (encoder_decoder) or the decoder's (the other archs); the decoder's logits stay
+  those of the real tokens.
+  """
   config: TransformerConfig
 
   def setup(self):
     cfg = self.config
     self.token_embedding = Embed(cfg, cfg.vocab_size)
+    if cfg.prompt_length:
+      self.soft_prompt = peft_layers.SoftPrompt(cfg)
     if cfg.arch == "encoder_decoder":
       self.encoder = Stack(cfg, cfg.encoder_layers, is_encoder=True)
     self.decoder = Stack(cfg, cfg.num_layers, has_cross=cfg.arch == "encoder_decoder")
@@ -245,33 +301,55 @@ class Transformer(nn.Module):
       self.lm_head = param(self, "lm_head", normal(cfg.init_std), (cfg.d_model, cfg.vocab_size),
                            ("embed", "vocab"))
 
-  def _embed(self, tokens):
+  def _embed(self, tokens, with_prompt: bool = False):
+    """Token embeddings [b, t, d], after the soft prompt's rows if with_prompt."""
     x = self.token_embedding(tokens)
+    if with_prompt:
+      x = self.soft_prompt(x)
     if self.config.scale_embeddings:
       x = x * jnp.asarray(math.sqrt(self.config.d_model), x.dtype)
     return x
 
   def encode(self, tokens, segments=None, positions=None, deterministic: bool = True):
-    """Encoder outputs [b, s, d], the moe aux loss and the encoder segments (0 = padding)."""
+    """Encoder outputs [b, s, d], the moe aux loss and the encoder segments (0 = padding);
+    with prompt tuning s counts the soft prompt's positions too."""
+    cfg = self.config
     if segments is None:
       segments = (tokens > 0).astype(jnp.int32)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    encoded, aux = self.encoder(self._embed(tokens), segments=segments, positions=positions,
-                                deterministic=deterministic)
+    if cfg.prompt_length:
+      segments, positions, _ = peft_layers.prompt_inputs(cfg.prompt_length, segments, positions)
+    encoded, aux = self.encoder(self._embed(tokens, with_prompt=cfg.prompt_length > 0), segments=segments,
+                                positions=positions, deterministic=deterministic)
     return encoded, aux, segments
 
   def decode(self, tokens, *, encoded=None, encoder_segments=None, segments=None, positions=None,
-             prefix=None, decode: bool = False, deterministic: bool = True):
-    """Decoder logits [b, t, vocab] in float32 and the moe aux loss."""
+             prefix=None, decode: bool = False, deterministic: bool = True,
+             with_prompt: Optional[bool] = None):
+    """Decoder logits [b, t, vocab] in float32 and the moe aux loss.
+
+    Prompt tuning of a decoder-only arch: positions count the real tokens (the soft prompt
+    shifts them); with_prompt says whether the soft prompt goes in front of `tokens`: by
+    default in a forward pass, not in a cached step (decode=True: the prefill, which
+    __call__ runs with the prompt, has put it in the cache).
+    """
     cfg = self.config
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     if prefix is not None:
       prefix = prefix.astype(jnp.bool_)
-    x, aux = self.decoder(self._embed(tokens), segments=segments, positions=positions, prefix=prefix,
-                          encoded=encoded, encoder_segments=encoder_segments, decode=decode,
-                          deterministic=deterministic)
+    prompt = cfg.prompt_length if cfg.arch != "encoder_decoder" else 0
+    with_prompt = bool(prompt) and (not decode if with_prompt is None else with_prompt)
+    if with_prompt:
+      segments, positions, prefix = peft_layers.prompt_inputs(prompt, segments, positions, prefix)
+    elif prompt:
+      positions = positions + prompt
+    x, aux = self.decoder(self._embed(tokens, with_prompt), segments=segments, positions=positions,
+                          prefix=prefix, encoded=encoded, encoder_segments=encoder_segments,
+                          decode=decode, deterministic=deterministic)
+    if with_prompt:
+      x = x[:, prompt:]  # the real tokens' outputs
     if cfg.scale_decoder_outputs:
       x = x * jnp.asarray(cfg.d_model ** -0.5, x.dtype)
     if cfg.tie_embeddings:
@@ -293,5 +371,6 @@ class Transformer(nn.Module):
     prefix = decoder_causal_attention if cfg.arch == "prefix_decoder" else None
     logits, dec_aux = self.decode(decoder_input_tokens, encoded=encoded, encoder_segments=enc_segments,
                                   segments=decoder_segment_ids, positions=decoder_positions,
-                                  prefix=prefix, decode=decode, deterministic=deterministic)
+                                  prefix=prefix, decode=decode, deterministic=deterministic,
+                                  with_prompt=True)
     return logits, aux + dec_aux

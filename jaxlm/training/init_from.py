@@ -4,8 +4,10 @@ The path is a jaxlm checkpoint (any layout `checkpointing.restore_params` reads)
 Hugging Face directory (config.json with a model_type, read by `convert.load_hf`). The
 loaded tree must match the run's model exactly; otherwise one error names every path that
 is missing, unexpected or of the wrong shape. Paths matching `allow_missing` (regular
-expressions, e.g. the parameters a PEFT method adds) may be absent: they keep their fresh
-initialisation. The run starts at step 0 with a fresh optimizer state.
+expressions) and the parameters a PEFT option adds (PEFT_ADDED) may be absent: they keep
+their fresh initialisation. A model with quantized kernels (TransformerConfig.quantization, e.g. QLoRA)
+takes a float checkpoint: its kernels are quantized as they are loaded. The run starts at
+step 0 with a fresh optimizer state.
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ from flax import traverse_util
 
 from jaxlm.training.checkpointing import restore_params
 from jaxlm.training.trainable import path_name
+
+
+# Parameters a PEFT option of TransformerConfig adds (LoRA A/B, adapters, prefixes, soft
+# prompts): a base checkpoint never has them, so they may be missing and keep their init.
+PEFT_ADDED = (r"_lora_[ab]$", r"_adapter(/|$)", r"(^|/)prefix", r"(^|/)soft_prompt")
 
 
 def is_hf_directory(path: str) -> bool:
@@ -42,9 +49,13 @@ def read_params(path: str, config) -> dict:
 
 def load_matching(path: str, abstract_params, config, allow_missing: Sequence[str] = ()) -> Tuple[dict, list]:
   """(loaded leaves as a nested dict of numpy arrays in the model's dtypes, their paths)."""
-  got = {path_name(k): v for k, v in traverse_util.flatten_dict(read_params(path, config)).items()}
+  params = read_params(path, config)
+  if getattr(config, "quantization", "none") != "none":  # a float base for a quantized model (QLoRA)
+    from jaxlm.adaptation.quantization import quantize_like  # pylint: disable=import-outside-toplevel
+    params = quantize_like(params, abstract_params, strict=False)
+  got = {path_name(k): v for k, v in traverse_util.flatten_dict(params).items()}
   want = {path_name(k): v for k, v in traverse_util.flatten_dict(abstract_params).items()}
-  allowed = [re.compile(p) for p in allow_missing]
+  allowed = [re.compile(p) for p in (*allow_missing, *PEFT_ADDED)]
   missing = [n for n in want if n not in got and not any(p.search(n) for p in allowed)]
   unexpected = [n for n in got if n not in want]
   wrong = [f"{n} {tuple(np.shape(got[n]))} (the model has {tuple(want[n].shape)})"
