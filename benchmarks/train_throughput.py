@@ -37,6 +37,7 @@ from benchmarks import common
 def run(config, args) -> dict:
   import jax
 
+  from jaxlm.adaptation.quantization import weight_bytes
   from jaxlm.training import metrics as metrics_lib, partitioning
   from jaxlm.training.optimizers import adamw
   from jaxlm.training.toy_data import SyntheticData
@@ -102,8 +103,8 @@ def run(config, args) -> dict:
       "flops_per_token": flops_per_token,
       "num_params": model.num_params(state.params),
       "trainable_params": model.num_params(trained),
-      "param_bytes": _bytes(state.params),
-      "optimizer_state_bytes": _bytes(state.opt_state),
+      "param_bytes": weight_bytes(state.params),
+      "optimizer_state_bytes": weight_bytes(state.opt_state),
       "compiled_temp_bytes": _temp_bytes(compiled),
       "lower_s": t1 - t0,
       "compile_s": t2 - t1,
@@ -114,11 +115,6 @@ def run(config, args) -> dict:
       "mesh": dict(mesh.shape),
       **common.peak_memory(),
   }
-
-
-def _bytes(tree) -> int:
-  import jax
-  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
 def _temp_bytes(compiled):

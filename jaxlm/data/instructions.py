@@ -134,6 +134,15 @@ def instance_messages(instance: Instance, system: Optional[str] = None) -> List[
                   {"role": "assistant", "content": instance.target()}]
 
 
+def instance_pairs(instance: Instance, chat: Optional[ChatTemplate] = None,
+                   system: Optional[str] = None) -> List[Tuple[str, str]]:
+  """The (prompt, target) texts of one instance: as written, or with ``chat`` rendered as a
+  user turn and an assistant turn (``system`` first)."""
+  if chat is None:
+    return [(instance.prompt(), instance.target())]
+  return chat.training_pairs(instance_messages(instance, system))
+
+
 def template_pairs(examples: Sequence[Mapping[str, Any]], templates: Sequence[Template], seed: Any = 0,
                    num_shots: int = 0, chat: Optional[ChatTemplate] = None,
                    system: Optional[str] = None) -> List[Tuple[str, str]]:
@@ -148,11 +157,7 @@ def template_pairs(examples: Sequence[Mapping[str, Any]], templates: Sequence[Te
       others = [j for j in range(len(examples)) if j != i]
       picks = random.Random(f"{seed}:shots:{i}").sample(others, min(num_shots, len(others)))
       demos = [examples[j] for j in picks]
-    instance = template.instance(example, demos)
-    if chat is not None:
-      pairs += chat.training_pairs(instance_messages(instance, system))
-    else:
-      pairs.append((instance.prompt(), instance.target()))
+    pairs += instance_pairs(template.instance(example, demos), chat, system)
   return pairs
 
 

@@ -263,10 +263,7 @@ def _file_pairs(path_by_split: Mapping[str, str], kind: str, errors: str, chat, 
     path = path_by_split[split]
     if kind == "alpaca":
       records, _ = instructions.read_alpaca(path, errors)
-      insts = [instructions.alpaca_instance(r) for r in records]
-      if chat is None:
-        return [(i.prompt(), i.target()) for i in insts]
-      return [p for i in insts for p in chat.training_pairs(instructions.instance_messages(i))]
+      return [p for r in records for p in instructions.instance_pairs(instructions.alpaca_instance(r), chat)]
     if kind == "chat":
       conversations, _ = instructions.read_chat(path, errors)
       chat_template = chat or instructions.ChatTemplate()
