@@ -34,6 +34,8 @@ TEST = [
     "datasketch==2.0.0",
     # tests/test_adaptation_peft_parity.py checks LoRA adapters against peft's own forward pass.
     "peft==0.21.2",
+    # tests/test_adaptation_lora_quant.py checks jaxlm's int8/int4/NF4 numerics against qwix's.
+    "qwix==0.1.8",
 ]
 
 setup(

@@ -193,3 +193,88 @@ def prefill_then_steps(model, params, seq, enc, lengths, width=5, steps=4, cache
     out, cache = step(params, cache, jnp.asarray(tok), jnp.asarray((lengths + j)[:, None], jnp.int32))
     outs.append(out[:, 0])
   return np.asarray(logits), np.stack([np.asarray(o) for o in outs], axis=1)
+
+
+# ---- a tiny instruction-tuned model, trained once and shared by the learning tests ----
+# A 2-layer causal decoder (vocab 1024, width 128) pretrained on the embedded prose, then
+# instruction-tuned (SFTObjective) on five generated families with their direct zero-shot
+# wording. The PEFT, reward-model, DPO, PPO and GRPO learning tests start from it and tune
+# on other families (or improve these). It is built once per code version under
+# $JAXLM_CACHE/test_models (a file lock makes parallel workers wait for one build).
+INSTRUCTION_CONFIG = dict(vocab_size=1024, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=256,
+                          max_len=128, dtype="float32")
+INSTRUCTION_FAMILIES = ("reverse_words", "sort_words", "last_letters", "word_problems", "multi_step_arithmetic")
+INSTRUCTION_LENGTHS = {"inputs": 64, "targets": 16}
+INSTRUCTION_STEPS = {"pretrain": 80, "sft": 300}
+QUIET_RUN = dict(progress_bar=False, tensorboard=False, log_every=50, checkpoint_every=10_000,
+                 async_checkpoints=False)
+
+
+def instruction_vocabulary():
+  """The 1024-piece SentencePiece vocabulary of the embedded corpus (chat markers reserved)."""
+  from jaxlm.data import vocab
+  return vocab.seqio_vocabulary(vocab_size=1024, num_sentinels=128)
+
+
+def register_family(v, family, *, chat=None, name=None, sizes=(1000, 60)):
+  """The generated `family` as a SeqIO instruction task (templates[0], the direct wording)
+  with `sizes` = (train, validation) examples; returns the task name."""
+  from jaxlm.data import generated_tasks, instructions, tasks
+  templates = generated_tasks.FAMILIES[family].templates[:1]
+  counts = dict(zip(("train", "validation"), sizes))
+
+  def pairs(split):
+    return instructions.template_pairs(generated_tasks.examples(family, counts[split], split), templates,
+                                       family, chat=chat)
+  return tasks.register_instruction_task(name or f"it_{family}", pairs, v, chat=chat).name
+
+
+def _code_version() -> str:
+  import hashlib
+  digest = hashlib.sha1(json.dumps([INSTRUCTION_CONFIG, INSTRUCTION_FAMILIES, INSTRUCTION_LENGTHS,
+                                    INSTRUCTION_STEPS]).encode())
+  files = [os.path.join("jaxlm/models", n) for n in sorted(os.listdir(os.path.join(ROOT, "jaxlm/models")))]
+  files += ["jaxlm/data/generated_tasks.py", "jaxlm/data/instructions.py", "jaxlm/data/vocab.py"]
+  for name in files:  # what the trained weights depend on (not the trainer's bookkeeping)
+    if name.endswith(".py"):
+      with open(os.path.join(ROOT, name), "rb") as f:
+        digest.update(f.read())
+  return digest.hexdigest()[:12]
+
+
+def tiny_instruction_model() -> str:
+  """The checkpoint directory of the shared instruction-tuned model (a train.init_from
+  path; its config is tiny_instruction_config()), trained here the first time."""
+  import shutil
+  from jaxlm.data import sources, tasks
+  from jaxlm.data.pipeline import DataPipeline
+  from jaxlm.training import adamw, train, warmup_cosine
+  use_compilation_cache()
+  path = os.path.join(sources.cache_dir("test_models"), f"instruction-{_code_version()}")
+  with sources.file_lock(path):
+    if os.path.isdir(os.path.join(path, "sft")):
+      return os.path.join(path, "sft")
+    work = path + ".partial"
+    shutil.rmtree(work, ignore_errors=True)
+    v = instruction_vocabulary()
+    config = tiny_instruction_config()
+    tasks.register_task("it_pretrain_text", "embedded_prose", "lm", v)
+    steps = INSTRUCTION_STEPS
+    train(model_dir=os.path.join(work, "pretrained"), train_steps=steps["pretrain"], batch_size=8, config=config,
+          data_fn=functools.partial(DataPipeline, "it_pretrain_text", {"targets": 128}), optimizer=adamw,
+          learning_rate=warmup_cosine(peak_value=3e-3, warmup_steps=20, decay_steps=steps["pretrain"]),
+          **QUIET_RUN)
+    names = [register_family(v, family) for family in INSTRUCTION_FAMILIES]
+    tasks.register_mixture("it_base_mix", names, "fixed")
+    from jaxlm.adaptation import SFTObjective
+    train(model_dir=os.path.join(work, "sft"), train_steps=steps["sft"], batch_size=16, config=config,
+          data_fn=functools.partial(DataPipeline, "it_base_mix", INSTRUCTION_LENGTHS), optimizer=adamw,
+          learning_rate=warmup_cosine(peak_value=3e-3, warmup_steps=20, decay_steps=steps["sft"]),
+          objective=SFTObjective(), init_from=os.path.join(work, "pretrained"), **QUIET_RUN)
+    os.replace(work, path)
+    return os.path.join(path, "sft")
+
+
+def tiny_instruction_config(**overrides):
+  from jaxlm.models import TransformerConfig
+  return TransformerConfig(**{**INSTRUCTION_CONFIG, **overrides})

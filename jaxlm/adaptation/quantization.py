@@ -8,8 +8,10 @@ blocks, two codes per byte; NF4 with double-quantized scales, as QLoRA stores it
 Written here rather than with qwix: qwix's PTQ and LoRA wrappers intercept Flax modules
 and their `astype` paths, while jaxlm's projections are one function
 (``projection.project``) that owns its storage format, so the format is explicit, saved
-and restored by orbax like any tree, and checked in the tests against the NF4 construction
-of Dettmers et al. (normal quantiles) and against float matmuls.
+and restored by orbax like any tree, and the same code path serves PTQ, QLoRA and the
+decoder. The numerics are checked in the tests against qwix's (same NF4 table, the same
+reconstruction error for int8/int4), the NF4 construction of Dettmers et al. (normal
+quantiles) and float matmuls.
 """
 from __future__ import annotations
 

@@ -72,6 +72,9 @@ class TransformerConfig:
   moe_normalize_gates: bool = True
   # Loss.
   z_loss: float = 0.0
+  # A scalar head beside the LM head, read at every position (Model.values): the reward
+  # model's score and the PPO value function (jaxlm/adaptation).
+  value_head: bool = False
   # Regularization, precision, memory.
   dropout_rate: float = 0.0
   init_std: float = 0.02

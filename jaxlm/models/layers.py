@@ -93,3 +93,16 @@ class Embed(nn.Module):
 
   def attend(self, x):
     return jnp.dot(x, self.embedding.astype(x.dtype).T)
+
+
+class ScalarHead(nn.Module):
+  """One float32 number per position from the final hidden states: w . x + b (a reward
+  model's score, a value function). Initialised small so it starts near 0."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    kernel = param(self, "kernel", normal(cfg.init_std), (cfg.d_model,), ("embed",))
+    bias = param(self, "bias", jax.nn.initializers.zeros, (), ())
+    return jnp.einsum("btd,d->bt", x.astype(jnp.float32), kernel.astype(jnp.float32)) + bias

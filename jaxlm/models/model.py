@@ -65,7 +65,8 @@ class Model:
     return inputs
 
   def _init_variables(self, rng, batch: Batch):
-    return self.module.init({"params": rng}, **self._inputs(batch))
+    heads = ("logits", "values") if self.config.value_head else ("logits",)
+    return self.module.init({"params": rng}, **self._inputs(batch), heads=heads, method=Transformer.forward)
 
   def init(self, rng, batch: Batch) -> Params:
     """Parameters (param_dtype arrays, no axis metadata) for batches shaped like `batch`."""
@@ -119,7 +120,15 @@ class Model:
     return self.module.apply({"params": params}, **self._inputs(batch), rngs=rngs,
                              deterministic=rng is None)
 
-  def _targets_and_weights(self, batch: Batch):
+  def apply_heads(self, params, batch: Batch, heads=("logits", "values"), rng=None):
+    """({head: output}, moe aux loss) of one forward pass: 'logits' float32 [b, t, vocab],
+    'values' float32 [b, t] (the scalar head of config.value_head at every position: a
+    reward model reads it at a response's last token, PPO's value function at each)."""
+    rngs = {"dropout": rng} if rng is not None else None
+    return self.module.apply({"params": params}, **self._inputs(batch), rngs=rngs, deterministic=rng is None,
+                             heads=tuple(heads), method=Transformer.forward)
+
+  def targets_and_weights(self, batch: Batch):
     """decoder_target_tokens and float32 decoder_loss_weights (default: targets > 0)."""
     targets = jnp.asarray(batch["decoder_target_tokens"])
     weights = batch.get("decoder_loss_weights")
@@ -131,7 +140,7 @@ class Model:
     decoder_loss_weights, and the MoE aux loss: the one token loss that loss_sums,
     score_batch and the objectives reduce."""
     logits, aux = self.apply(params, batch, rng)
-    targets, weights = self._targets_and_weights(batch)
+    targets, weights = self.targets_and_weights(batch)
     nll, zl, correct = cross_entropy(logits, targets, weights, self.config.z_loss)
     return TokenLosses(nll, zl, correct, weights, aux)
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jaxlm.models.attention import Attention, make_mask
 from jaxlm.models.config import TransformerConfig
-from jaxlm.models.layers import MLP, Embed, Norm
+from jaxlm.models.layers import MLP, Embed, Norm, ScalarHead
 from jaxlm.models.params import constrain, normal, param
 from jaxlm.models.moe import MoeMLP
 from jaxlm.models import peft_layers
@@ -300,6 +300,8 @@ class Transformer(nn.Module):
     if not cfg.tie_embeddings:
       self.lm_head = param(self, "lm_head", normal(cfg.init_std), (cfg.d_model, cfg.vocab_size),
                            ("embed", "vocab"))
+    if cfg.value_head:
+      self.value_head = ScalarHead(cfg)
 
   def _embed(self, tokens, with_prompt: bool = False):
     """Token embeddings [b, t, d], after the soft prompt's rows if with_prompt."""
@@ -334,6 +336,14 @@ class Transformer(nn.Module):
     default in a forward pass, not in a cached step (decode=True: the prefill, which
     __call__ runs with the prompt, has put it in the cache).
     """
+    x, aux = self._decoder_states(tokens, encoded=encoded, encoder_segments=encoder_segments,
+                                  segments=segments, positions=positions, prefix=prefix, decode=decode,
+                                  deterministic=deterministic, with_prompt=with_prompt)
+    return self._logits(x), aux
+
+  def _decoder_states(self, tokens, *, encoded, encoder_segments, segments, positions, prefix, decode,
+                      deterministic, with_prompt):
+    """The decoder's final hidden states [b, t, d] of the real tokens, and the moe aux loss."""
     cfg = self.config
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -350,18 +360,30 @@ class Transformer(nn.Module):
                           decode=decode, deterministic=deterministic)
     if with_prompt:
       x = x[:, prompt:]  # the real tokens' outputs
+    return x, aux
+
+  def _logits(self, x):
+    cfg = self.config
     if cfg.scale_decoder_outputs:
       x = x * jnp.asarray(cfg.d_model ** -0.5, x.dtype)
     if cfg.tie_embeddings:
       logits = self.token_embedding.attend(x)
     else:
       logits = jnp.dot(x, self.lm_head.astype(x.dtype))
-    logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
-    return logits, aux
+    return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
-  def __call__(self, decoder_input_tokens, encoder_input_tokens=None, *, decoder_segment_ids=None,
-               decoder_positions=None, decoder_causal_attention=None, encoder_segment_ids=None,
-               encoder_positions=None, decode: bool = False, deterministic: bool = True):
+  def __call__(self, decoder_input_tokens, encoder_input_tokens=None, **inputs):
+    """(float32 logits [b, t, vocab], moe aux loss) of a forward pass."""
+    outputs, aux = self.forward(decoder_input_tokens, encoder_input_tokens, **inputs)
+    return outputs["logits"], aux
+
+  def forward(self, decoder_input_tokens, encoder_input_tokens=None, *, decoder_segment_ids=None,
+              decoder_positions=None, decoder_causal_attention=None, encoder_segment_ids=None,
+              encoder_positions=None, decode: bool = False, deterministic: bool = True,
+              heads: tuple = ("logits",)):
+    """({head: output} for the heads asked for, moe aux loss): 'logits' (float32 [b, t,
+    vocab]) and, with config.value_head, 'values' (float32 [b, t], the scalar head at every
+    position)."""
     cfg = self.config
     encoded = enc_segments = None
     aux = jnp.zeros((), jnp.float32)
@@ -369,8 +391,15 @@ class Transformer(nn.Module):
       encoded, aux, enc_segments = self.encode(encoder_input_tokens, encoder_segment_ids,
                                                encoder_positions, deterministic)
     prefix = decoder_causal_attention if cfg.arch == "prefix_decoder" else None
-    logits, dec_aux = self.decode(decoder_input_tokens, encoded=encoded, encoder_segments=enc_segments,
-                                  segments=decoder_segment_ids, positions=decoder_positions,
-                                  prefix=prefix, decode=decode, deterministic=deterministic,
-                                  with_prompt=True)
-    return logits, aux + dec_aux
+    x, dec_aux = self._decoder_states(decoder_input_tokens, encoded=encoded, encoder_segments=enc_segments,
+                                      segments=decoder_segment_ids, positions=decoder_positions,
+                                      prefix=prefix, decode=decode, deterministic=deterministic,
+                                      with_prompt=True)
+    outputs = {}
+    if "logits" in heads:
+      outputs["logits"] = self._logits(x)
+    if "values" in heads:
+      if not cfg.value_head:
+        raise ValueError("the 'values' head needs TransformerConfig.value_head=True")
+      outputs["values"] = self.value_head(x)
+    return outputs, aux + dec_aux

@@ -6,8 +6,9 @@ loaded tree must match the run's model exactly; otherwise one error names every 
 is missing, unexpected or of the wrong shape. Paths matching `allow_missing` (regular
 expressions) and the parameters a PEFT option adds (PEFT_ADDED) may be absent: they keep
 their fresh initialisation. A model with quantized kernels (TransformerConfig.quantization, e.g. QLoRA)
-takes a float checkpoint: its kernels are quantized as they are loaded. The run starts at
-step 0 with a fresh optimizer state.
+takes a float checkpoint: its kernels are quantized as they are loaded. A soft prompt
+(prompt tuning) that the checkpoint lacks starts as copies of sampled rows of the loaded
+token embedding (Lester et al. 2021). The run starts at step 0 with a fresh optimizer state.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from jaxlm.training.trainable import path_name
 
 
 # Parameters a PEFT option of TransformerConfig adds (LoRA A/B, adapters, prefixes, soft
-# prompts): a base checkpoint never has them, so they may be missing and keep their init.
-PEFT_ADDED = (r"_lora_[ab]$", r"_adapter(/|$)", r"(^|/)prefix", r"(^|/)soft_prompt")
+# prompts), and the scalar head (value_head) a reward or value model adds to an LM: a base
+# checkpoint never has them, so they may be missing and keep their init.
+PEFT_ADDED = (r"_lora_[ab]$", r"_adapter(/|$)", r"(^|/)prefix", r"(^|/)soft_prompt", r"^value_head/")
 
 
 def is_hf_directory(path: str) -> bool:
@@ -68,3 +70,14 @@ def load_matching(path: str, abstract_params, config, allow_missing: Sequence[st
                      "lets added parameters keep their fresh init)")
   loaded = {tuple(n.split("/")): np.asarray(got[n], want[n].dtype) for n in want if n in got}
   return traverse_util.unflatten_dict(loaded), sorted("/".join(k) for k in loaded)
+
+
+def init_added(params, loaded: Sequence[str], config, seed: int = 0):
+  """`params` (loaded leaves merged with fresh ones) with the added parameters whose
+  initialisation depends on the loaded ones set: prompt tuning's soft prompt, when not
+  loaded, from sampled token-embedding rows (jaxlm.adaptation.prompts.init_prompt_from_vocab)."""
+  if getattr(config, "prompt_length", 0) and "soft_prompt/embedding" not in set(loaded):
+    import jax  # pylint: disable=import-outside-toplevel
+    from jaxlm.adaptation.prompts import init_prompt_from_vocab  # pylint: disable=import-outside-toplevel
+    params = init_prompt_from_vocab(params, config, jax.random.key(seed))
+  return params

@@ -207,6 +207,7 @@ def _set_up(model_dir, train_steps, batch_size, data_fn, learning_rate, config, 
       fresh = jax.device_get(setup.init_state(jax.random.key(seed)).params)
       loaded = set(loaded)
       initial = merge(partition(fresh, {n: n not in loaded for n in setup.mask})[0], initial)
+      initial = init_from_lib.init_added(initial, loaded, config, seed)
     return setup.init_state(params=initial, frozen_models=frozen)
 
   schedule = batch_schedule or (lambda step, tokens: num_microbatches)
