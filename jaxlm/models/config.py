@@ -72,6 +72,8 @@ class TransformerConfig:
   moe_normalize_gates: bool = True
   # Loss.
   z_loss: float = 0.0
+  loss_chunk_tokens: int = 0              # > 0: the training loss over the vocabulary in chunks of
+                                          # this many tokens, never all float32 logits at once
   # A scalar head beside the LM head, read at every position (Model.values): the reward
   # model's score and the PPO value function (jaxlm/adaptation).
   value_head: bool = False
@@ -167,7 +169,8 @@ class TransformerConfig:
                          f"{self.moe_every} mixes dense and MoE layers; set moe_every=1 or scan_layers=False")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"TransformerConfig.dropout_rate={self.dropout_rate} must be in [0, 1)")
-    for field in ("lora_rank", "adapter_size", "prefix_length", "prefix_hidden", "prompt_length"):
+    for field in ("lora_rank", "adapter_size", "prefix_length", "prefix_hidden", "prompt_length",
+                  "loss_chunk_tokens"):
       if getattr(self, field) < 0:
         raise ValueError(f"TransformerConfig.{field}={getattr(self, field)} must be >= 0")
     if not 0.0 <= self.lora_dropout < 1.0:

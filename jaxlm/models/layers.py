@@ -79,7 +79,7 @@ class MLP(nn.Module):
 
 
 class Embed(nn.Module):
-  """Token embedding; `attend` gives logits against the same table (tied output)."""
+  """Token embedding (with tie_embeddings also the output layer: Transformer.output_weights)."""
   config: TransformerConfig
   num_embeddings: int
   axes: tuple = ("vocab", "embed")
@@ -90,9 +90,6 @@ class Embed(nn.Module):
 
   def __call__(self, ids):
     return jnp.take(self.embedding, ids, axis=0).astype(dtype_of(self.config.dtype))
-
-  def attend(self, x):
-    return jnp.dot(x, self.embedding.astype(x.dtype).T)
 
 
 class ScalarHead(nn.Module):

@@ -34,6 +34,27 @@ def cross_entropy(logits, targets, weights, z_loss: float = 0.0):
   return nll, zl, correct
 
 
+def chunked_cross_entropy(features, output_weights, targets, weights, z_loss: float = 0.0, chunk: int = 1024):
+  """cross_entropy of the logits features @ output_weights, computed `chunk` tokens at a
+  time and recomputed in the backward pass (jax.checkpoint): memory holds one chunk's
+  float32 logits [chunk, vocab], never the whole batch's. The same values and gradients."""
+  b, t, d = features.shape
+  n = b * t
+  pad = -n % chunk
+  flat = lambda x, fill: jnp.pad(x.reshape(n, *x.shape[2:]), [(0, pad)] + [(0, 0)] * (x.ndim - 2),
+                                 constant_values=fill).reshape(-1, chunk, *x.shape[2:])
+  xs = (flat(features, 0), flat(targets, 0), flat(weights.astype(jnp.float32), 0))
+
+  @jax.checkpoint
+  def one(inputs):
+    x, y, w = inputs
+    logits = jnp.dot(x, output_weights.astype(x.dtype)).astype(jnp.float32)
+    return cross_entropy(logits, y, w, z_loss)
+
+  out = jax.lax.map(one, xs)
+  return tuple(o.reshape(-1)[:n].reshape(b, t) for o in out)
+
+
 class TokenLosses(NamedTuple):
   """Model.token_losses: float32 [b, t] per-token terms, each already multiplied by the
   loss weights, the weights themselves, and the scalar MoE load-balancing loss."""
@@ -138,10 +159,18 @@ class Model:
   def token_losses(self, params, batch: Batch, rng=None) -> TokenLosses:
     """The per-token loss terms (nll, z-loss with config.z_loss, correctness) weighted by
     decoder_loss_weights, and the MoE aux loss: the one token loss that loss_sums,
-    score_batch and the objectives reduce."""
-    logits, aux = self.apply(params, batch, rng)
+    score_batch and the objectives reduce. With config.loss_chunk_tokens the logits are
+    made and dropped chunk by chunk (chunked_cross_entropy)."""
+    cfg = self.config
     targets, weights = self.targets_and_weights(batch)
-    nll, zl, correct = cross_entropy(logits, targets, weights, self.config.z_loss)
+    if not cfg.loss_chunk_tokens:
+      logits, aux = self.apply(params, batch, rng)
+      nll, zl, correct = cross_entropy(logits, targets, weights, cfg.z_loss)
+      return TokenLosses(nll, zl, correct, weights, aux)
+    outputs, aux = self.apply_heads(params, batch, heads=("features",), rng=rng)
+    w = self.module.apply({"params": params}, method=Transformer.output_weights)
+    nll, zl, correct = chunked_cross_entropy(outputs["features"], w, targets, weights, cfg.z_loss,
+                                             cfg.loss_chunk_tokens)
     return TokenLosses(nll, zl, correct, weights, aux)
 
   def loss_sums(self, params, batch: Batch, rng=None):

@@ -362,14 +362,19 @@ class Transformer(nn.Module):
       x = x[:, prompt:]  # the real tokens' outputs
     return x, aux
 
+  def _features(self, x):
+    """What the output layer multiplies: the final hidden states (scaled for T5.1.0)."""
+    if self.config.scale_decoder_outputs:
+      x = x * jnp.asarray(self.config.d_model ** -0.5, x.dtype)
+    return x
+
+  def output_weights(self):
+    """The output layer [d_model, vocab]: the LM head, or the token embedding when tied."""
+    return self.token_embedding.embedding.T if self.config.tie_embeddings else self.lm_head
+
   def _logits(self, x):
-    cfg = self.config
-    if cfg.scale_decoder_outputs:
-      x = x * jnp.asarray(cfg.d_model ** -0.5, x.dtype)
-    if cfg.tie_embeddings:
-      logits = self.token_embedding.attend(x)
-    else:
-      logits = jnp.dot(x, self.lm_head.astype(x.dtype))
+    x = self._features(x)
+    logits = jnp.dot(x, self.output_weights().astype(x.dtype))
     return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
   def __call__(self, decoder_input_tokens, encoder_input_tokens=None, **inputs):
@@ -382,8 +387,8 @@ class Transformer(nn.Module):
               encoder_positions=None, decode: bool = False, deterministic: bool = True,
               heads: tuple = ("logits",)):
     """({head: output} for the heads asked for, moe aux loss): 'logits' (float32 [b, t,
-    vocab]) and, with config.value_head, 'values' (float32 [b, t], the scalar head at every
-    position)."""
+    vocab]), 'features' (what the output layer multiplies, [b, t, d_model]) and, with
+    config.value_head, 'values' (float32 [b, t], the scalar head at every position)."""
     cfg = self.config
     encoded = enc_segments = None
     aux = jnp.zeros((), jnp.float32)
@@ -398,6 +403,8 @@ class Transformer(nn.Module):
     outputs = {}
     if "logits" in heads:
       outputs["logits"] = self._logits(x)
+    if "features" in heads:
+      outputs["features"] = self._features(x)
     if "values" in heads:
       if not cfg.value_head:
         raise ValueError("the 'values' head needs TransformerConfig.value_head=True")
