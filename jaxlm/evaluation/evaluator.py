@@ -96,7 +96,7 @@ def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[De
 
 
 # One jitted function for every score_fn (model static), so periodic evaluation compiles once.
-_score_batch = jax.jit(lambda model, params, batch: model.score_batch(params, batch), static_argnums=0)
+score_batch_jit = jax.jit(lambda model, params, batch: model.score_batch(params, batch), static_argnums=0)
 
 
 def make_score_fn(model, params, *, batch_size: int = 8):
@@ -106,7 +106,7 @@ def make_score_fn(model, params, *, batch_size: int = 8):
     del model_feature_shapes
     out = []
     for indices, batch, n in iterate_batches(ds, batch_size):
-      values = np.asarray(_score_batch(model, params, batch))[:n]
+      values = np.asarray(score_batch_jit(model, params, batch))[:n]
       out += [(int(i), float(v)) for i, v in zip(indices, values)]
     return out
   return score_fn
@@ -228,7 +228,7 @@ def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Option
              config: Optional[TransformerConfig] = None, decoding: Optional[DecodeConfig] = None,
              output_dir: Optional[str] = None, task_modules: Sequence[str] = (),
              suite_tasks: Optional[Mapping[str, Sequence]] = None, suite_vocabulary=None,
-             params=None) -> Dict[str, Any]:
+             prompting: Optional[Mapping[str, Sequence[Any]]] = None, params=None) -> Dict[str, Any]:
   """The 'eval' job: restore a checkpoint, run every task's metrics, write metrics.json.
 
   task_modules: modules to import first (they register seqio tasks, e.g. 'jaxlm.data.tasks').
@@ -236,9 +236,14 @@ def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Option
   jaxlm.evaluation.suites.register_suite_tasks (vocabulary suite_vocabulary, default bytes); their
   names are evaluated too. output_dir: metrics.json ({'step': the restored step, 'metrics':
   {...}}) plus seqio's JSONL logs (predictions).
+  prompting: {task: [jaxlm.prompting.PromptStrategy, ...]}: each task also evaluated under
+  each strategy (few-shot, retrieval, CoT, self-consistency, tools), rows
+  '<task>[<strategy name>]/<metric>' (jaxlm.prompting.strategy.evaluate_strategies).
   params: evaluate these instead of restoring checkpoint_dir. Returns {'task/metric': value}.
   """
   names = resolve_task_names(mixture_or_task_names, task_modules, suite_tasks, suite_vocabulary)
+  if prompting:
+    resolve_task_names(list(prompting))  # an unknown name fails here, before any decoding
   model = build_model(config or TransformerConfig())
   if params is None:
     if checkpoint_dir is None:
@@ -253,6 +258,10 @@ def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Option
   evaluator = Evaluator(model, names, feature_lengths, split=split, batch_size=batch_size,
                         num_examples=num_examples, decoding=decoding, log_dir=output_dir)
   metrics = flatten_metrics(evaluator.evaluate(params, step))
+  if prompting:
+    from jaxlm.prompting.strategy import evaluate_strategies  # pylint: disable=import-outside-toplevel
+    metrics.update(flatten_metrics(evaluate_strategies(model, params, prompting, split, num_examples, decoding,
+                                                       batch_size)))
   for name, value in sorted(metrics.items()):
     logging.info("%s = %s", name, value)
   if output_dir:

@@ -163,8 +163,18 @@ def _lengths(tokens, eos_id):
 
 # ---- greedy and sampling ----
 def _sample_loop(model, params, cache, logits, lengths, rng, *, max_new_tokens, eos_id, greedy,
-                 temperature, top_k, top_p):
+                 temperature, top_k, top_p, done=None, limit=None, pause_ids=()):
+  """The loop's final state: tokens [b, n] from `logits` on; row r's first new token is at
+  position lengths[r]. Rows already `done` emit 0s; the loop stops after `limit` (<= n,
+  traced) tokens, or as soon as a live row emits one of `pause_ids` (tools: that token is
+  'last', not yet in the cache)."""
   b, n, eos = logits.shape[0], max_new_tokens, _eos(eos_id)
+  done = jnp.zeros((b,), bool) if done is None else done
+  limit = n if limit is None else limit
+  pauses = jnp.asarray(pause_ids or (-2,), jnp.int32)
+
+  def paused(tok, was_done):
+    return jnp.any(jnp.isin(tok, pauses) & ~was_done)
 
   def pick(rng, logits, done):
     tok = select_tokens(rng, logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -172,12 +182,13 @@ def _sample_loop(model, params, cache, logits, lengths, rng, *, max_new_tokens, 
     return jnp.where(done, 0, tok), jnp.where(done, 0.0, logp)
 
   rng, sub = jax.random.split(rng)
-  tok, logp = pick(sub, logits, jnp.zeros((b,), bool))
+  tok, logp = pick(sub, logits, done)
   state = dict(i=jnp.array(1, jnp.int32), tokens=jnp.zeros((b, n), jnp.int32).at[:, 0].set(tok),
-               last=tok, logprob=logp, done=tok == eos, cache=cache, rng=rng)
+               last=tok, logprob=logp, done=done | (tok == eos), cache=cache, rng=rng,
+               paused=paused(tok, done))
 
   def cond(s):
-    return (s["i"] < n) & ~jnp.all(s["done"])
+    return (s["i"] < limit) & ~jnp.all(s["done"]) & ~s["paused"]
 
   def body(s):
     i = s["i"]
@@ -186,10 +197,9 @@ def _sample_loop(model, params, cache, logits, lengths, rng, *, max_new_tokens, 
     tok, logp = pick(sub, logits[:, 0].astype(jnp.float32), s["done"])
     return dict(i=i + 1, tokens=jax.lax.dynamic_update_slice(s["tokens"], tok[:, None], (0, i)),
                 last=tok, logprob=s["logprob"] + logp, done=s["done"] | (tok == eos), cache=cache,
-                rng=rng)
+                rng=rng, paused=paused(tok, s["done"]))
 
-  s = jax.lax.while_loop(cond, body, state)
-  return DecodeOutput(s["tokens"], s["logprob"], s["logprob"], _lengths(s["tokens"], eos_id))
+  return jax.lax.while_loop(cond, body, state)
 
 
 # ---- beam search ----
@@ -257,9 +267,61 @@ def _generate(model, params, prompt, prompt_mask, encoder_input_tokens, rng, *, 
   if config.method == "beam":
     return _beam_loop(model, params, cache, logits, lengths, max_new_tokens=n, eos_id=config.eos_id,
                       num_beams=config.num_beams, alpha=config.length_penalty)
-  return _sample_loop(model, params, cache, logits, lengths, rng, max_new_tokens=n, eos_id=config.eos_id,
-                      greedy=config.method == "greedy", temperature=config.temperature,
-                      top_k=config.top_k, top_p=config.top_p)
+  s = _sample_loop(model, params, cache, logits, lengths, rng, **_sampling(config))
+  return DecodeOutput(s["tokens"], s["logprob"], s["logprob"], _lengths(s["tokens"], config.eos_id))
+
+
+def _sampling(config: DecodeConfig) -> dict:
+  return dict(max_new_tokens=config.max_new_tokens, eos_id=config.eos_id, greedy=config.method == "greedy",
+              temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+
+
+# ---- resumable decoding (tool calls: jaxlm.prompting.tools) ----
+class Segment(NamedTuple):
+  """What decode_segment returns: `steps` new tokens per row (tokens [b, n], 0 past them
+  and after EOS), the last one ('last' [b]) not yet in the cache; `done` [b] rows ended at
+  EOS; `paused` whether a row emitted a pause token; the cache and the sampling key."""
+  tokens: jax.Array
+  logprobs: jax.Array
+  steps: jax.Array
+  last: jax.Array
+  done: jax.Array
+  paused: jax.Array
+  cache: Any
+  rng: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("model", "room"))
+def start_decoding(model, params, prompt, prompt_mask, *, room: int):
+  """prefill for decode_segment: (next-token logits [b, v], a cache with `room` positions
+  after the prompt width, the next positions [b]) of right-padded decoder prompts."""
+  return prefill(model, params, prompt, prompt_mask, None, room)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config", "pause_ids"))
+def decode_segment(model, params, cache, logits, positions, done, limit, rng, *, config: DecodeConfig,
+                   pause_ids=()) -> Segment:
+  """Greedy or sampled decoding (config, a decoder-only model) from a filled cache: the
+  first new token comes from `logits` [b, v] at `positions` [b]; stops at EOS, after
+  `limit` tokens (traced: one compilation for every limit <= config.max_new_tokens) or
+  when a row emits a token of `pause_ids`, so that the caller can extend the cache
+  (extend_cache) and resume."""
+  if config.method == "beam":
+    raise ValueError("decode_segment decodes greedily or by sampling; DecodeConfig.method='beam' cannot pause")
+  s = _sample_loop(model, params, cache, logits, positions, rng, done=done, limit=limit,
+                   pause_ids=pause_ids, **_sampling(config))
+  return Segment(s["tokens"], s["logprob"], s["i"], s["last"], s["done"], s["paused"], s["cache"], s["rng"])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def extend_cache(model, params, cache, tokens, segments, positions):
+  """Appends tokens [b, t] (segments [b, t]: 1 real, 0 padding; positions [b, t]) to every
+  row of a decoder's cache after what it holds: (next-token logits [b, v] at the last
+  column, cache). Nothing before them is encoded again."""
+  batch = {"decoder_input_tokens": tokens, "decoder_segment_ids": segments, "decoder_positions": positions,
+           "decoder_causal_attention": jnp.zeros_like(segments)}
+  logits, cache = model.prefill(params, cache, batch)
+  return logits[:, -1].astype(jnp.float32), cache
 
 
 def generate(model, params, prompt=None, prompt_mask=None, encoder_input_tokens=None, *,

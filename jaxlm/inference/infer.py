@@ -57,7 +57,7 @@ def tokenize_prompts(model, vocab, prompts: Sequence[str], *, add_eos: bool, pro
   enc_dec = model.config.arch == "encoder_decoder"
   if max_prompt_length:
     keep = max_prompt_length if enc_dec else max(0, max_prompt_length - 1)  # decoders: + BOS
-    rows = [r[:keep] if enc_dec else r[len(r) - keep:] for r in rows]
+    rows = [r[:keep] if enc_dec else r[max(0, len(r) - keep):] for r in rows]
   if not enc_dec:
     rows = [[PAD_ID] + r for r in rows]
   width = round_up_to_bucket(max(1, max(map(len, rows))), prompt_bucket)
@@ -106,12 +106,15 @@ def infer(prompts_path: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
           vocabulary: Union[str, Any] = "byte", config: Optional[TransformerConfig] = None,
           decoding: Optional[DecodeConfig] = None, batch_size: int = 8,
           max_prompt_length: Optional[int] = None, add_eos: Optional[bool] = None,
-          params=None) -> List[dict]:
+          tools: Sequence[str] = (), params=None) -> List[dict]:
   """Decodes every prompt of prompts_path with the checkpoint's model; writes output_path.
 
   config: the model (default: TransformerConfig() as gin binds it). decoding: DecodeConfig
   (default: DecodeConfig() as gin binds it; it needs max_new_tokens, which infer.gin binds
   to MAX_NEW_TOKENS). batch_size, max_prompt_length, add_eos: as decode_texts's.
+  tools: names of jaxlm.prompting.tools tools (e.g. ['calc']) run when the model writes a
+  call (<calc>12*7</calc>), their results put into the KV cache before decoding resumes
+  (decoder-only models; greedy or sampling; the rows gain 'calls').
   params: use these instead of restoring checkpoint_dir (tests, notebooks).
   Returns the rows written.
   """
@@ -127,8 +130,17 @@ def infer(prompts_path: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
     if checkpoint_dir is None:
       raise ValueError("infer needs checkpoint_dir (or params)")
     params = restore_params(checkpoint_dir, model.param_shapes(), step)
-  rows = decode_texts(model, params, vocab, read_prompts(prompts_path), decoding, batch_size=batch_size,
-                      max_prompt_length=max_prompt_length, add_eos=add_eos)
+  if tools:
+    if model.config.arch == "encoder_decoder" or decoding.method == "beam":
+      raise ValueError(f"infer.tools={list(tools)} runs tools while a decoder-only model decodes greedily or by "
+                       f"sampling (arch={model.config.arch!r}, DecodeConfig.method={decoding.method!r}); "
+                       "set TOOLS=[] (infer.tools) to decode without them")
+    from jaxlm.prompting.tools import decode_with_tools  # pylint: disable=import-outside-toplevel
+    rows = decode_with_tools(model, params, vocab, read_prompts(prompts_path), decoding, tools,
+                             batch_size=batch_size, max_prompt_length=max_prompt_length)
+  else:
+    rows = decode_texts(model, params, vocab, read_prompts(prompts_path), decoding, batch_size=batch_size,
+                        max_prompt_length=max_prompt_length, add_eos=add_eos)
   if os.path.dirname(output_path):
     os.makedirs(os.path.dirname(output_path), exist_ok=True)
   with open(output_path, "w", encoding="utf-8") as f:

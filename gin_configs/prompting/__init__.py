@@ -1,0 +1,1 @@
+"""gin files (a package so that gin finds `include`d files from any working directory)."""
