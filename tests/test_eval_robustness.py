@@ -4,17 +4,9 @@ import re
 import pytest
 
 from jaxlm.evaluation import robustness as R
+from jaxlm.evaluation.metrics import edit_distance
 
 TEXT = "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun."
-
-
-def _edit_distance(a, b):
-  row = list(range(len(b) + 1))
-  for i, ca in enumerate(a, 1):
-    prev, row[0] = row[0], i
-    for j, cb in enumerate(b, 1):
-      prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-  return row[-1]
 
 
 @pytest.mark.parametrize("kind", sorted(R.PERTURBATIONS))
@@ -32,7 +24,7 @@ def test_typos_change_few_letters_and_keep_words():
     assert out != TEXT
     assert abs(len(out) - len(TEXT)) <= 4
     n_letters = sum(c.isalpha() for c in TEXT)
-    assert 1 <= _edit_distance(out, TEXT) <= 2 * round(0.05 * n_letters)  # swap = 2 edits
+    assert 1 <= edit_distance(out, TEXT) <= 2 * round(0.05 * n_letters)  # swap = 2 edits
     assert len(out.split()) == len(TEXT.split())  # typos never merge or split words
   assert R.typos("1234 ...", 0) == "1234 ..."  # nothing to misspell
 

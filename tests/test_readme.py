@@ -35,7 +35,7 @@ SHORT = ["--gin.TRAIN_STEPS=6", "--gin.BATCH_SIZE=4", "--gin.warmup_cosine.warmu
 QUICKSTART_GIN = "--gin_file=gin_configs/runs/quickstart.gin"
 # The job each run file selects (run.mode); a command without a run file prints a summary.
 MODES = {"quickstart.gin": "quickstart", "pretrain.gin": "train", "pretrain_synthetic.gin": "train",
-         "sft.gin": "train",
+         "sft.gin": "train", "reward.gin": "train", "dpo.gin": "train", "ppo.gin": "train", "grpo.gin": "train",
          "infer.gin": "infer", "eval.gin": "eval"}
 
 

@@ -369,3 +369,14 @@ def pass_at_k_table(results: Union[Mapping[str, Sequence[bool]], Iterable[Sequen
   c = np.array([sum(bool(x) for x in r) for r in per_problem])
   return {f"pass@{k}": float(np.mean([pass_at_k(int(a), int(b), k) for a, b in zip(n, c)]))
           for k in ks if len(n) and (n >= k).all()}
+
+
+def edit_distance(a: Sequence, b: Sequence) -> int:
+  """Levenshtein distance (insertions, deletions, substitutions) between two sequences:
+  strings by character, lists by item."""
+  row = list(range(len(b) + 1))
+  for i, x in enumerate(a, 1):
+    prev, row[0] = row[0], i
+    for j, y in enumerate(b, 1):
+      prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+  return row[-1]

@@ -19,7 +19,10 @@ big-batch gradient.
 
 Data sources: data_fn(batch_size=ROWS, shard_index=HOST, num_shards=HOSTS) -> an iterator
 of {feature: np.int32 [ROWS // HOSTS, length]}; with state()/restore() it resumes exactly,
-without them the consumed batches are replayed.
+without them the consumed batches are replayed. An on-policy source (RL rollouts,
+jaxlm.adaptation.rollouts) also has observe(state): called with the current TrainState
+before each step's batches are fetched, it returns {name: float} about the data the step
+trains on (the same names every step), logged and averaged with the step's metrics.
 """
 from __future__ import annotations
 
@@ -175,9 +178,9 @@ def _set_up(model_dir, train_steps, batch_size, data_fn, learning_rate, config, 
   allow_missing = tuple(init_from_allow_missing)
 
   def weights():
-    """(init_from's (tree, paths) or None, {name: frozen model tree})."""
+    """(init_from's (tree, paths) or None, {name: frozen model's (tree, paths)})."""
     return (load(init_from, allow_missing) if init_from else None,
-            {name: load(path)[0] for name, path in (frozen_models or {}).items()})
+            {name: load(path) for name, path in (frozen_models or {}).items()})
 
   ckpt = checkpointing.Checkpointer(model_dir, keep=keep_checkpoints, async_save=async_checkpoints)
   if not ckpt.steps():
@@ -198,17 +201,26 @@ def _set_up(model_dir, train_steps, batch_size, data_fn, learning_rate, config, 
   logging.info("parameter shardings: %s", partitioning.describe(setup.shardings.params))
 
   def new_state() -> TrainState:
-    """Step 0: fresh parameters, or init_from's (the ones it lacks fresh), and the frozen models."""
+    """Step 0: fresh parameters, or init_from's, and the frozen models; the leaves a
+    checkpoint lacks (init_from.PEFT_ADDED: PEFT parameters, a value head) start fresh."""
     start, frozen = weights()
+
+    @functools.cache
+    def fresh():  # the parameters of a fresh run (the values init_state(rng) gives)
+      with mesh_context(setup.mesh, setup.rules):
+        init = jax.jit(setup.model.init, out_shardings=setup.shardings.params)
+        return jax.device_get(init(jax.random.key(seed), setup.example))
+
+    def completed(tree, loaded):
+      if len(loaded) == len(setup.mask):
+        return tree
+      tree = merge(partition(fresh(), {n: n not in set(loaded) for n in setup.mask})[0], tree)
+      return init_from_lib.init_added(tree, loaded, config, seed)
+
+    frozen = {name: completed(*tree_and_paths) for name, tree_and_paths in frozen.items()}
     if start is None:
       return setup.init_state(jax.random.key(seed), frozen_models=frozen)
-    initial, loaded = start
-    if len(loaded) < len(setup.mask):
-      fresh = jax.device_get(setup.init_state(jax.random.key(seed)).params)
-      loaded = set(loaded)
-      initial = merge(partition(fresh, {n: n not in loaded for n in setup.mask})[0], initial)
-      initial = init_from_lib.init_added(initial, loaded, config, seed)
-    return setup.init_state(params=initial, frozen_models=frozen)
+    return setup.init_state(params=completed(*start), frozen_models=frozen)
 
   schedule = batch_schedule or (lambda step, tokens: num_microbatches)
   run = _Run(setup=setup, data=data, data_iter=data_iter, micro=micro, schedule=schedule,
@@ -282,6 +294,7 @@ def _run(run: _Run, state, train_steps, log_every, checkpoint_every, eval_every,
         return state, True
 
       k = int(run.schedule(run.step, run.tokens_seen))
+      observed = run.data.observe(state) if hasattr(run.data, "observe") else {}  # on-policy data
       host_batches = [next(run.data_iter) for _ in range(k)]
       run.batches += k
       batch = partitioning.global_batch(run.setup.mesh, host_batches)
@@ -291,7 +304,8 @@ def _run(run: _Run, state, train_steps, log_every, checkpoint_every, eval_every,
       run.step += 1
       loss = float(m["loss"])
       record = {"step": run.step, "loss": loss, "grad_norm": float(m["grad_norm"]),
-                "learning_rate": float(m["learning_rate"]), "microbatches": k, "batch_size": k * run.micro}
+                "learning_rate": float(m["learning_rate"]), "microbatches": k, "batch_size": k * run.micro,
+                **observed}
       run.history.append(record)
       run.writer.step(run.step, loss)
 
@@ -314,7 +328,7 @@ def _run(run: _Run, state, train_steps, log_every, checkpoint_every, eval_every,
       window.append(record | {key: float(m[key]) for key in objective_metrics})
       if run.step % log_every == 0 or run.step == train_steps:
         run.writer.write({"step": run.step,
-                          **metrics_lib.mean_of(window, ("loss", "grad_norm", *objective_metrics)),
+                          **metrics_lib.mean_of(window, ("loss", "grad_norm", *objective_metrics, *observed)),
                           "learning_rate": record["learning_rate"], **run.throughput.report(),
                           "tokens_seen": run.tokens_seen, "batch_size": k * run.micro, "microbatches": k,
                           "rollbacks": run.rollbacks})
