@@ -2,9 +2,10 @@
 held-out instances, with the pretrained model measured the same way.
 
 One run serves every assertion (it is the suite's one SFT learning run): a 2-layer causal
-decoder pretrained for a few steps on the embedded prose, then instruction-tuned with
-SFTObjective via train.init_from on three generated tasks: unit conversion and word
-counting as plain instances, and word counting again as chat turns.
+decoder pretrained for 80 steps on the embedded prose (the pretraining stage of
+train_helpers.tiny_instruction_model, shared with the other learning tests), then
+instruction-tuned with SFTObjective via train.init_from on three generated tasks: unit
+conversion and word counting as plain instances, and word counting again as chat turns.
 """
 from __future__ import annotations
 
@@ -16,18 +17,18 @@ import pytest
 pytest.importorskip("seqio")
 
 from jaxlm.adaptation import SFTObjective  # noqa: E402
-from jaxlm.data import generated_tasks, instructions, tasks, vocab  # noqa: E402
+from jaxlm.data import generated_tasks, instructions, tasks  # noqa: E402
 from jaxlm.data.pipeline import DataPipeline  # noqa: E402
 from jaxlm.evaluation.evaluator import Evaluator, iterate_batches  # noqa: E402
 from jaxlm.inference.decoding import DecodeConfig, predict_batch  # noqa: E402
-from jaxlm.models import TransformerConfig  # noqa: E402
 from jaxlm.training import adamw, train, warmup_cosine  # noqa: E402
+from jaxlm.training.checkpointing import restore_params  # noqa: E402
 
+import train_helpers  # noqa: E402
 from train_helpers import use_compilation_cache  # noqa: E402
 
-CONFIG = TransformerConfig(vocab_size=1024, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=256,
-                           max_len=128, dtype="float32")
-PRETRAIN_STEPS, SFT_STEPS = 80, 600
+CONFIG = train_helpers.tiny_instruction_config()
+SFT_STEPS = 600
 NUM_VALIDATION = 60
 LENGTHS = {"inputs": 64, "targets": 16}
 RUN = dict(progress_bar=False, tensorboard=False, log_every=50, checkpoint_every=10_000, async_checkpoints=False)
@@ -60,12 +61,8 @@ def _stops_at_end_of_turn(model, params, task_name, end_id):
 
 def test_sft_from_a_pretrained_model_raises_zero_shot_exact_match_on_held_out_instances(tmp_path):
   use_compilation_cache()
-  v = vocab.seqio_vocabulary(vocab_size=1024, num_sentinels=128)
-  tasks.register_task("sft_pretrain_text", "embedded_prose", "lm", v)
-  pre = train(model_dir=str(tmp_path / "pretrained"), train_steps=PRETRAIN_STEPS, batch_size=8, config=CONFIG,
-              data_fn=functools.partial(DataPipeline, "sft_pretrain_text", {"targets": 128}), optimizer=adamw,
-              learning_rate=warmup_cosine(peak_value=3e-3, warmup_steps=20, decay_steps=PRETRAIN_STEPS), **RUN)
-  assert pre.history[-1]["loss"] < pre.history[0]["loss"] - 1.0
+  v = train_helpers.instruction_vocabulary()
+  pretrained = train_helpers.tiny_pretrained_model()  # 80 steps on the embedded prose, shared
 
   chat = instructions.ChatTemplate()
   plain = [_register(v, "unit_conversion"), _register(v, "count_words")]
@@ -74,13 +71,13 @@ def test_sft_from_a_pretrained_model_raises_zero_shot_exact_match_on_held_out_in
   sft = train(model_dir=str(tmp_path / "sft"), train_steps=SFT_STEPS, batch_size=16, config=CONFIG,
               data_fn=functools.partial(DataPipeline, "sft_mix", LENGTHS),
               optimizer=adamw, learning_rate=warmup_cosine(peak_value=3e-3, warmup_steps=20, decay_steps=SFT_STEPS),
-              objective=SFTObjective(), init_from=str(tmp_path / "pretrained"), **RUN)
+              objective=SFTObjective(), init_from=pretrained, **RUN)
   assert sft.history[0]["loss"] > 3.0 > 1.0 > sft.history[-1]["loss"]
 
   model = sft.model
   end_id = chat.end_of_turn_id(v)
   scores = {}
-  for label, params in (("pretrained", pre.state.params), ("sft", sft.state.params)):
+  for label, params in (("pretrained", restore_params(pretrained)), ("sft", sft.state.params)):
     plain_scores = Evaluator(model, plain, batch_size=NUM_VALIDATION,
                              decoding=DecodeConfig(max_new_tokens=8)).evaluate(params)
     chat_scores = Evaluator(model, [chatted], batch_size=NUM_VALIDATION,

@@ -88,3 +88,22 @@ def test_decode_throughput_end_to_end(tmp_path):
   assert record["method"] == "greedy" and record["new_tokens"] == 4
   assert record["num_params"] == _tiny_num_params()
   _environment(record)
+
+
+def test_torch_compare_end_to_end(tmp_path):
+  """jaxlm beside transformers' GPT-2 on a tiny GPT-2-shaped config: both sides timed, ratios
+  recorded."""
+  gpt2_like = ["--gin.TransformerConfig.position='learned'", "--gin.TransformerConfig.tie_embeddings=True",
+               "--gin.TransformerConfig.mlp_activation='gelu'", "--gin.TransformerConfig.norm_type='layernorm'"]
+  args = ["benchmarks.torch_compare", TINY, *gpt2_like, "--batch", "2", "--seq", "16", "--steps", "1",
+          "--warmup", "0", "--decode_batch", "1,2", "--prompt_len", "4", "--new_tokens", "3", "--repeats", "1"]
+  record, name = _run(args, tmp_path)
+  assert name == "torch_compare_tiny_decoder_b2_s16.json"
+  train = record["train"]
+  _positive(train["jaxlm"], ("tokens_per_second", "step_time_mean_s"))
+  _positive(train["pytorch"], ("tokens_per_second", "step_time_mean_s"))
+  assert train["ratio"] == pytest.approx(train["jaxlm"]["tokens_per_second"] / train["pytorch"]["tokens_per_second"])
+  assert [d["batch"] for d in record["decode"]] == [1, 2]
+  for d in record["decode"]:
+    assert d["ratio"] == pytest.approx(d["jaxlm"]["new_tokens_per_second"] / d["pytorch"]["new_tokens_per_second"])
+  _environment(record)

@@ -275,6 +275,11 @@ def tiny_instruction_model() -> str:
     return os.path.join(path, "sft")
 
 
+def tiny_pretrained_model() -> str:
+  """The checkpoint directory of the shared model's pretraining stage (before any SFT)."""
+  return os.path.join(os.path.dirname(tiny_instruction_model()), "pretrained")
+
+
 def tiny_instruction_config(**overrides):
   from jaxlm.models import TransformerConfig
   return TransformerConfig(**{**INSTRUCTION_CONFIG, **overrides})
