@@ -16,7 +16,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
 # Clean, tokenize, pretrain, evaluate, decode: runs/quickstart/report.md. ARGS adds gin
 # bindings, e.g. make quickstart ARGS="--gin.TRAIN_STEPS=100". Ctrl-C, then again: resumes.

@@ -27,7 +27,7 @@ from jaxlm.training.checkpointing import restore_params  # noqa: E402
 
 import train_helpers  # noqa: E402
 
-STEPS = 200
+STEPS = 150
 # name: (config overrides, peak learning rate). PEFT rates are the ones that worked best in
 # a sweep on this setup (LoRA at full fine-tuning's rate; the soft prompt ~3x higher).
 METHODS = {
@@ -36,10 +36,11 @@ METHODS = {
     "prompt": (dict(prompt_length=8), 1e-2),
     "prefix": (dict(prefix_length=8, prefix_hidden=64), 3e-3),
 }
-# Measured on a 2-core CPU (count_words exact match on 60 held-out instances, 200 steps
-# each from train_helpers.tiny_instruction_model): frozen 0.03, full 0.90, LoRA r=8 0.83,
-# prompt 0.25, prefix 0.55 (at 300 steps: 0.03, 0.83, 0.85, 0.27, 0.62).
-LORA_MARGIN = 0.2    # LoRA's exact match is at least full fine-tuning's minus this
+# Measured on a 2-core CPU (count_words exact match on 60 held-out instances, from
+# train_helpers.tiny_instruction_model): at 150 steps each frozen 0.03, full 0.88, LoRA r=8
+# 0.70, prompt 0.25, prefix 0.45; at 200 steps 0.03, 0.90, 0.83, 0.25, 0.55; at 300 steps
+# 0.03, 0.83, 0.85, 0.27, 0.62 (LoRA closes the gap with more steps).
+LORA_MARGIN = 0.25   # LoRA's exact match is at least full fine-tuning's minus this
 PEFT_GAIN = 0.1      # prompt and prefix tuning beat the frozen base by at least this
 
 
