@@ -137,9 +137,8 @@ class Model:
   # ---- forward, loss, scores ----
   def apply(self, params, batch: Batch, rng=None):
     """(float32 logits [b, t, vocab], moe aux loss); dropout is active iff rng is given."""
-    rngs = {"dropout": rng} if rng is not None else None
-    return self.module.apply({"params": params}, **self._inputs(batch), rngs=rngs,
-                             deterministic=rng is None)
+    outputs, aux = self.apply_heads(params, batch, heads=("logits",), rng=rng)
+    return outputs["logits"], aux
 
   def apply_heads(self, params, batch: Batch, heads=("logits", "values"), rng=None):
     """({head: output}, moe aux loss) of one forward pass: 'logits' float32 [b, t, vocab],

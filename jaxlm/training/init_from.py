@@ -4,7 +4,7 @@ The path is a jaxlm checkpoint (any layout `checkpointing.restore_params` reads)
 Hugging Face directory (config.json with a model_type, read by `convert.load_hf`). The
 loaded tree must match the run's model exactly; otherwise one error names every path that
 is missing, unexpected or of the wrong shape. Paths matching `allow_missing` (regular
-expressions) and the parameters a PEFT option adds (PEFT_ADDED) may be absent: they keep
+expressions) and the parameters an option adds (ADDED_PARAMETERS: PEFT, a value head) may be absent: they keep
 their fresh initialisation. A model with quantized kernels (TransformerConfig.quantization, e.g. QLoRA)
 takes a float checkpoint: its kernels are quantized as they are loaded. A soft prompt
 (prompt tuning) that the checkpoint lacks starts as copies of sampled rows of the loaded
@@ -27,7 +27,7 @@ from jaxlm.training.trainable import path_name
 # Parameters a PEFT option of TransformerConfig adds (LoRA A/B, adapters, prefixes, soft
 # prompts), and the scalar head (value_head) a reward or value model adds to an LM: a base
 # checkpoint never has them, so they may be missing and keep their init.
-PEFT_ADDED = (r"_lora_[ab]$", r"_adapter(/|$)", r"(^|/)prefix", r"(^|/)soft_prompt", r"^value_head/")
+ADDED_PARAMETERS = (r"_lora_[ab]$", r"_adapter(/|$)", r"(^|/)prefix", r"(^|/)soft_prompt", r"^value_head/")
 
 
 def is_hf_directory(path: str) -> bool:
@@ -57,7 +57,7 @@ def load_matching(path: str, abstract_params, config, allow_missing: Sequence[st
     params = quantize_like(params, abstract_params, strict=False)
   got = {path_name(k): v for k, v in traverse_util.flatten_dict(params).items()}
   want = {path_name(k): v for k, v in traverse_util.flatten_dict(abstract_params).items()}
-  allowed = [re.compile(p) for p in (*allow_missing, *PEFT_ADDED)]
+  allowed = [re.compile(p) for p in (*allow_missing, *ADDED_PARAMETERS)]
   missing = [n for n in want if n not in got and not any(p.search(n) for p in allowed)]
   unexpected = [n for n in got if n not in want]
   wrong = [f"{n} {tuple(np.shape(got[n]))} (the model has {tuple(want[n].shape)})"

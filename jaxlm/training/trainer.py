@@ -202,7 +202,7 @@ def _set_up(model_dir, train_steps, batch_size, data_fn, learning_rate, config, 
 
   def new_state() -> TrainState:
     """Step 0: fresh parameters, or init_from's, and the frozen models; the leaves a
-    checkpoint lacks (init_from.PEFT_ADDED: PEFT parameters, a value head) start fresh."""
+    checkpoint lacks (init_from.ADDED_PARAMETERS: PEFT parameters, a value head) start fresh."""
     start, frozen = weights()
 
     @functools.cache
