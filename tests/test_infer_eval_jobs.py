@@ -26,13 +26,6 @@ MC_EXAMPLES = [  # suites' multiple-choice JSONL: the answer as an index, a lett
 ]
 
 
-@pytest.fixture(autouse=True)
-def clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def train_flags(model_dir, steps, *extra):
   """jaxlm.main flags of a short pretrain_synthetic run of the tiny decoder (byte-sized vocab)."""
   return ["--gin_file=gin_configs/runs/pretrain_synthetic.gin", f"--gin.MODEL_DIR='{model_dir}'",

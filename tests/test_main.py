@@ -15,13 +15,6 @@ from jaxlm import main
 from train_helpers import ROOT
 
 
-@pytest.fixture(autouse=True)
-def clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def test_gin_file_and_binding_build_the_model(capsys):
   n = main.main(["--gin_file=gin_configs/models/tiny_decoder.gin", "--gin.TransformerConfig.d_model=96"])
   out = capsys.readouterr().out
