@@ -12,10 +12,13 @@ vocabulary): 'byte' (seqio.ByteVocabulary's ids: byte + 3; 0 PAD, 1 EOS, 2 UNK) 
 path of a SentencePiece model (T5 layout: 0 PAD, 1 EOS, 2 UNK); see `jaxlm.vocabularies`.
 Core only: no TensorFlow.
 
-Checkpoints: any layout `jaxlm.training.checkpointing.restore_params` reads.
+Checkpoints: any layout `jaxlm.training.checkpointing.restore_params` reads, or a Hugging
+Face directory (hf_dir: config.json, weights and tokenizer files; the model's config and
+its tokenizer come from there, see :class:`HFTokenizerVocab`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, List, Optional, Sequence, Union
@@ -27,8 +30,30 @@ import numpy as np
 from jaxlm.inference.decoding import DecodeConfig, best_hypotheses, generate, round_up_to_bucket
 from jaxlm.jsonl import FormatError, read_jsonl
 from jaxlm.models import TransformerConfig, build_model
-from jaxlm.training.checkpointing import restore_params
+from jaxlm.training.checkpointing import restore_model
 from jaxlm.vocabularies import EOS_ID, PAD_ID, get_vocabulary, until_eos
+
+
+class HFTokenizerVocab:
+  """The tokenizer of a Hugging Face directory (transformers.AutoTokenizer, local files
+  only) as a jaxlm vocabulary. `encode` adds the tokenizer's own special tokens (LLaMA's
+  BOS; nothing for GPT-2), so decoder prompts start with them instead of jaxlm's BOS 0
+  (`decoder_prefix` is empty); `decode` cuts at the tokenizer's EOS and drops special
+  tokens."""
+  decoder_prefix = ()
+
+  def __init__(self, path: str):
+    import transformers  # pylint: disable=import-outside-toplevel
+    self.path = path
+    self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    self.eos_id = self.tokenizer.eos_token_id
+    self.vocab_size = len(self.tokenizer)
+
+  def encode(self, text: str) -> List[int]:
+    return list(self.tokenizer.encode(text))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.tokenizer.decode(until_eos(ids, self.eos_id), skip_special_tokens=True)
 
 
 # ---- prompts ----
@@ -49,17 +74,18 @@ def read_prompts(path: str) -> List[str]:
 
 def tokenize_prompts(model, vocab, prompts: Sequence[str], *, add_eos: bool, prompt_bucket: int,
                      max_prompt_length=None):
-  """numpy (prompt, prompt_mask, None) for decoders (BOS + text, the tail kept when too long)
-  or (None, None, encoder_input_tokens) for encoder-decoders; the width is the longest row
-  rounded up to prompt_bucket."""
+  """numpy (prompt, prompt_mask, None) for decoders (BOS + text, the tail kept when too long;
+  the BOS is the vocabulary's `decoder_prefix`, default jaxlm's 0) or (None, None,
+  encoder_input_tokens) for encoder-decoders; the width is the longest row rounded up to
+  prompt_bucket."""
   eos = getattr(vocab, "eos_id", EOS_ID)
   rows = [list(vocab.encode(p)) + ([eos] if add_eos else []) for p in prompts]
   enc_dec = model.config.arch == "encoder_decoder"
+  prefix = [] if enc_dec else list(getattr(vocab, "decoder_prefix", (PAD_ID,)))
   if max_prompt_length:
-    keep = max_prompt_length if enc_dec else max(0, max_prompt_length - 1)  # decoders: + BOS
+    keep = max_prompt_length if enc_dec else max(0, max_prompt_length - len(prefix))
     rows = [r[:keep] if enc_dec else r[max(0, len(r) - keep):] for r in rows]
-  if not enc_dec:
-    rows = [[PAD_ID] + r for r in rows]
+  rows = [prefix + r for r in rows]
   width = round_up_to_bucket(max(1, max(map(len, rows))), prompt_bucket)
   tokens = np.zeros((len(rows), width), np.int32)
   for i, r in enumerate(rows):
@@ -106,8 +132,14 @@ def infer(prompts_path: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
           vocabulary: Union[str, Any] = "byte", config: Optional[TransformerConfig] = None,
           decoding: Optional[DecodeConfig] = None, batch_size: int = 8,
           max_prompt_length: Optional[int] = None, add_eos: Optional[bool] = None,
-          tools: Sequence[str] = (), params=None) -> List[dict]:
+          tools: Sequence[str] = (), params=None, hf_dir: Optional[str] = None,
+          adapter_dir: Optional[str] = None) -> List[dict]:
   """Decodes every prompt of prompts_path with the checkpoint's model; writes output_path.
+
+  hf_dir: a Hugging Face directory instead of checkpoint_dir (infer.gin's HF_DIR): the model
+  config, the weights (convert.load_hf; adapter_dir: a peft LoRA adapter merged into them)
+  and the tokenizer (HFTokenizerVocab; decoding stops at its EOS) come from it, and
+  `config` and `vocabulary` are not read.
 
   config: the model (default: TransformerConfig() as gin binds it). decoding: DecodeConfig
   (default: DecodeConfig() as gin binds it; it needs max_new_tokens, which infer.gin binds
@@ -121,15 +153,21 @@ def infer(prompts_path: str = gin.REQUIRED, output_path: str = gin.REQUIRED,
   decoding = decoding or DecodeConfig()
   if decoding.max_new_tokens is None:
     raise ValueError("infer needs DecodeConfig.max_new_tokens (infer.gin binds it to MAX_NEW_TOKENS)")
-  model = build_model(config or TransformerConfig())
-  vocab = get_vocabulary(vocabulary)
+  if hf_dir:
+    vocab = HFTokenizerVocab(hf_dir)
+    model, params = restore_model(hf_dir=hf_dir, adapter_dir=adapter_dir)
+    if decoding.eos_id is not None:
+      decoding = dataclasses.replace(decoding, eos_id=vocab.eos_id)
+  else:
+    model = build_model(config or TransformerConfig())
+    vocab = get_vocabulary(vocabulary)
   if getattr(vocab, "vocab_size", 0) > model.config.vocab_size:
     raise ValueError(f"the vocabulary has {vocab.vocab_size} ids but TransformerConfig.vocab_size="
                      f"{model.config.vocab_size}")
   if params is None:
     if checkpoint_dir is None:
-      raise ValueError("infer needs checkpoint_dir (or params)")
-    params = restore_params(checkpoint_dir, model.param_shapes(), step)
+      raise ValueError("infer needs checkpoint_dir (or hf_dir, or params)")
+    model, params = restore_model(checkpoint_dir, model.config, step)
   if tools:
     if model.config.arch == "encoder_decoder" or decoding.method == "beam":
       raise ValueError(f"infer.tools={list(tools)} runs tools while a decoder-only model decodes greedily or by "

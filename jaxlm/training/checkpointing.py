@@ -256,3 +256,29 @@ def restore_params(path: str, abstract_params=None, step: Optional[int] = None):
       raise ValueError(f"checkpoint {item}: {jax.tree_util.keystr(path_)} has shape {got.shape}, the "
                        f"model expects {want.shape}; is the gin model config the one trained?")
   return jax.tree.map(lambda x, a: jax.numpy.asarray(x, a.dtype), params, abstract_params)
+
+
+def restore_model(checkpoint_dir: Optional[str] = None, config=None, step: Optional[int] = None, *,
+                  hf_dir: Optional[str] = None, adapter_dir: Optional[str] = None, dtype: Optional[str] = None):
+  """(model, params) that the infer and eval jobs and lm-eval's `jaxlm` model run: a jaxlm
+  checkpoint with its model `config` (TransformerConfig; any layout restore_params reads),
+  or a Hugging Face directory `hf_dir` (config.json and weights through convert.load_hf,
+  with the peft LoRA adapter in `adapter_dir` merged). dtype: the parameters' and the
+  computation's dtype (None: as the config has them; float32 for hf_dir)."""
+  from jaxlm.models import build_model  # pylint: disable=import-outside-toplevel
+  if hf_dir:
+    if checkpoint_dir:
+      raise ValueError(f"give a jaxlm checkpoint (checkpoint_dir={checkpoint_dir!r}) or a Hugging Face "
+                       f"directory (hf_dir={hf_dir!r}), not both")
+    from jaxlm.models.convert import load_hf  # pylint: disable=import-outside-toplevel
+    config, params = load_hf(hf_dir, adapter_dir, dtype=dtype or "float32")
+    return build_model(config.replace(dtype=dtype or "float32")), params
+  if adapter_dir:
+    raise ValueError(f"adapter_dir={adapter_dir!r} is a peft adapter of a Hugging Face model: give hf_dir too")
+  if not checkpoint_dir:
+    raise ValueError("no model: give checkpoint_dir (a jaxlm checkpoint; the run files' CHECKPOINT_DIR) or "
+                     "hf_dir (a Hugging Face directory; HF_DIR)")
+  if dtype:
+    config = config.replace(dtype=dtype, param_dtype=dtype)
+  model = build_model(config)
+  return model, restore_params(checkpoint_dir, model.param_shapes(), step)
