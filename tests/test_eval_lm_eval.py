@@ -163,3 +163,47 @@ def test_command_line_runs_lm_eval_with_the_jaxlm_model(gpt2_dir, tmp_path):
   correct = [int(np.argmax([next(scores) for _ in ex["choices"]])) == ex["answer"] for ex in MC]
   assert saved["results"]["toy_mc"]["acc,none"] == pytest.approx(np.mean(correct))
   assert saved["config"]["model"] == "jaxlm"
+
+
+def test_a_jaxlm_checkpoint_scores_as_the_seqio_evaluator_does(tmp_path):
+  """A tiny model trained here (byte vocabulary), restored from its checkpoint with its gin
+  file: its lm-eval accuracy on a local multiple-choice task is the SeqIO evaluator's on the
+  same file (suites' letters format, written as lm-eval task YAML)."""
+  from train_helpers import run_tiny
+  from jaxlm.evaluation.evaluator import evaluate
+  from jaxlm.evaluation.lm_eval import load_gin_model
+  from jaxlm.evaluation.suites import multiple_choice_requests
+  gin_file, bindings = "gin_configs/models/tiny_decoder.gin", "TransformerConfig.vocab_size=259"
+  config = load_gin_model(gin_file, bindings)
+  model_dir = str(tmp_path / "lm")
+  run_tiny(model_dir, 5, config=config, checkpoint_every=5, log_every=5)
+  mc = tmp_path / "mc.jsonl"
+  mc.write_text("".join(json.dumps(ex) + "\n" for ex in MC))
+  (tmp_path / "toy_letters.yaml").write_text(  # the letters prompt of suites.multiple_choice_requests
+      f"task: toy_letters\ndataset_path: json\ntest_split: test\ndataset_kwargs:\n  data_files:\n    test: {mc}\n"
+      "output_type: multiple_choice\n"
+      "doc_to_text: \"{{question}}\\n{% for c in choices %}{{'ABCD'[loop.index0]}}. {{c}}\\n{% endfor %}Answer:\"\n"
+      "doc_to_choice: \"{{['A', 'B', 'C', 'D'][:choices|length]}}\"\ndoc_to_target: answer\n"
+      "metric_list:\n  - metric: acc\n")
+  lm = JaxlmLM(checkpoint_dir=model_dir, gin_file=gin_file, gin_bindings=bindings, vocabulary="byte", batch_size=4)
+  manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+  out = lm_eval.simple_evaluate(model=lm, tasks=["toy_letters"], task_manager=manager, log_samples=True)
+  contexts = [s["arguments"][0][0] for s in out["samples"]["toy_letters"]]
+  assert sorted(set(contexts)) == sorted(multiple_choice_requests(ex)[0] for ex in MC)  # the same prompts
+  want = evaluate("jaxlm_test_lm_eval_mc", model_dir, config=config, batch_size=4,
+                  suite_tasks={"jaxlm_test_lm_eval_mc": ("multiple_choice", str(mc))})
+  assert out["results"]["toy_letters"]["acc,none"] == want["jaxlm_test_lm_eval_mc/acc"]
+  assert 0.0 < want["jaxlm_test_lm_eval_mc/acc"] < 1.0  # the comparison tells right from wrong answers
+
+
+def test_infer_job_decodes_a_hugging_face_directory(gpt2_dir, tmp_path):
+  """infer.gin with --gin.HF_DIR and no model gin file: the directory's config and tokenizer,
+  the same greedy texts as lm-eval's generate_until (which matches HFLM's above)."""
+  from jaxlm import main
+  (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS[:3]) + "\n")
+  rows = main.main(["--gin_file=gin_configs/runs/infer.gin", f"--gin.HF_DIR='{gpt2_dir}'",
+                    f"--gin.PROMPTS='{tmp_path / 'prompts.txt'}'", f"--gin.OUTPUT='{tmp_path / 'out.jsonl'}'",
+                    "--gin.MAX_NEW_TOKENS=6", "--gin.TOOLS=[]", "--gin.BATCH_SIZE=4"])
+  want = JaxlmLM(hf_dir=gpt2_dir, batch_size=4).generate_until(
+      instances("generate_until", [(p, {"until": [], "max_gen_toks": 6}) for p in PROMPTS[:3]]))
+  assert [r["output"] for r in rows] == want and any(want)
