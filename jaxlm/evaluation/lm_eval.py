@@ -17,7 +17,8 @@ Model arguments (`--model_args k=v,...` or the constructor's keywords):
                   joined by '+') and `vocabulary` ('byte' or a SentencePiece model path,
                   as infer.gin's VOCABULARY); `step` (None: the latest);
   dtype           parameters and computation (float32);
-  batch_size      requests per model call; max_length (the model's max_len),
+  batch_size      requests per model call (on lm-eval's command line: --batch_size, which
+                  lm-eval always passes; not in --model_args); max_length (the model's max_len),
   max_gen_toks    (256), length_bucket (16: rows are padded to a multiple of it), seed.
 
 Semantics are lm-eval's HFLM's (lm_eval/models/huggingface.py), request by request:
