@@ -7,6 +7,8 @@ The gin files pick the job (`run.mode`) and configure everything it builds:
   eval      jaxlm.evaluation.evaluator.evaluate: SeqIO tasks -> metrics.json (runs/eval.gin)
   quickstart  jaxlm.quickstart.quickstart: clean, tokenize, pretrain, evaluate, decode, report
             (gin_configs/runs/quickstart.gin)
+  sweep     jaxlm.scaling.sweep.run_sweep: model sizes x token budgets, then the scaling-law
+            fits (gin_configs/runs/sweep.gin)
 Bindings: `--gin.TransformerConfig.d_model=128` or `--gin_bindings="X = V"`, t5x style.
 
 Errors. A user's mistake ends the command with one line on stderr naming the cause, e.g.
@@ -135,7 +137,8 @@ def summary():
 JOBS = {"train": ("jaxlm.training.trainer", "train"),
         "infer": ("jaxlm.inference.infer", "infer"),
         "eval": ("jaxlm.evaluation.evaluator", "evaluate"),
-        "quickstart": ("jaxlm.quickstart", "quickstart")}
+        "quickstart": ("jaxlm.quickstart", "quickstart"),
+        "sweep": ("jaxlm.scaling.sweep", "run_sweep")}
 
 
 @gin.configurable
