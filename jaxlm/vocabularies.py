@@ -3,7 +3,8 @@
 Id layout (T5/SeqIO convention): ``PAD_ID`` 0 (also the decoder's BOS), ``EOS_ID`` 1,
 ``UNK_ID`` 2, no separate BOS. :class:`ByteVocab` has seqio.ByteVocabulary's ids (UTF-8
 byte + 3); :class:`SentencePieceVocab` reads a SentencePiece model file (one that
-``jaxlm.data.vocab`` trained has exactly this layout). :func:`get_vocabulary` turns a
+``jaxlm.data.vocab`` trained has exactly this layout); :class:`HFTokenizerVocab` is a Hugging
+Face directory's own tokenizer, with its own ids. :func:`get_vocabulary` turns a
 gin-friendly spec ('byte' or a model path) into one of them. No TensorFlow, no SeqIO:
 the decoder and the ``infer`` job use these; ``jaxlm.data.vocab`` trains the
 SentencePiece models and wraps them as SeqIO vocabularies with the same ids.
@@ -65,6 +66,31 @@ class SentencePieceVocab:
   def decode(self, ids: Sequence[int]) -> str:
     ids = [i for i in until_eos(ids, self.eos_id) if 0 < int(i) < self.vocab_size]
     return self.sp.decode(ids)
+
+
+class HFTokenizerVocab:
+  """The tokenizer of a Hugging Face directory (transformers.AutoTokenizer, local files
+  only) as a jaxlm vocabulary. `encode` adds the tokenizer's own special tokens (LLaMA's
+  BOS; nothing for GPT-2), so decoder prompts start with them instead of jaxlm's BOS 0
+  (`decoder_prefix` is empty); `decode` cuts at the tokenizer's EOS and drops special
+  tokens. `bos_id` is the id the model's documents start with (its BOS, else its EOS:
+  GPT-2's <|endoftext|>), which the eval job puts in SeqIO's BOS slot."""
+  decoder_prefix = ()
+
+  def __init__(self, path: str):
+    import transformers  # pylint: disable=import-outside-toplevel
+    self.path = path
+    self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    self.eos_id = self.tokenizer.eos_token_id
+    bos = self.tokenizer.bos_token_id
+    self.bos_id = self.eos_id if bos is None else bos
+    self.vocab_size = len(self.tokenizer)
+
+  def encode(self, text: str) -> List[int]:
+    return list(self.tokenizer.encode(text))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.tokenizer.decode(until_eos(ids, self.eos_id), skip_special_tokens=True)
 
 
 def get_vocabulary(vocabulary: Union[str, Any]):

@@ -207,3 +207,41 @@ def test_infer_job_decodes_a_hugging_face_directory(gpt2_dir, tmp_path):
   want = JaxlmLM(hf_dir=gpt2_dir, batch_size=4).generate_until(
       instances("generate_until", [(p, {"until": [], "max_gen_toks": 6}) for p in PROMPTS[:3]]))
   assert [r["output"] for r in rows] == want and any(want)
+
+
+def test_eval_job_scores_a_hugging_face_directory(gpt2_dir, tmp_path):
+  """eval.gin with --gin.HF_DIR and no model gin file, on a local multiple-choice file: the
+  suite task tokenizes with the directory's tokenizer and each choice is scored after the
+  model's own BOS. Accuracy, and ECE (a continuous function of every choice's score), equal
+  transformers' forward pass scoring the same tokens."""
+  from jaxlm import main
+  from jaxlm.evaluation import suites
+  path = tmp_path / "mc.jsonl"
+  path.write_text("".join(json.dumps(ex) + "\n" for ex in MC))
+  got = main.main(["--gin_file=gin_configs/runs/eval.gin", f"--gin.HF_DIR='{gpt2_dir}'",
+                   f"--gin.SUITE_TASKS={{'hf_mc': ('multiple_choice', '{path}')}}",
+                   f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'"])
+  tok = transformers.AutoTokenizer.from_pretrained(gpt2_dir)
+  model = transformers.AutoModelForCausalLM.from_pretrained(gpt2_dir).eval()
+
+  def loglikelihood(requests):
+    out = []
+    for context, continuation in requests:
+      c, t = (tok.encode(x, add_special_tokens=False) for x in (context, continuation))
+      with torch.no_grad():
+        logits = model(torch.tensor([[tok.bos_token_id] + c + t])).logits[0].double()
+      logp = torch.log_softmax(logits, -1)
+      out.append(float(sum(logp[len(c) + j, i] for j, i in enumerate(t))))
+    return out
+  want = suites.evaluate_multiple_choice(suites.LOADERS["multiple_choice"](str(path)), loglikelihood)
+  assert got["hf_mc/acc"] == want["acc"]
+  assert got["hf_mc/ece"] == pytest.approx(want["ece"], abs=1e-5) and want["ece"] > 0
+
+
+def test_eval_job_refuses_a_task_of_another_vocabulary_for_a_hugging_face_directory(gpt2_dir, tmp_path):
+  from jaxlm.evaluation import evaluator, suites
+  path = tmp_path / "mc.jsonl"
+  path.write_text("".join(json.dumps(ex) + "\n" for ex in MC))
+  suites.register_suite_task("bytes_mc", "multiple_choice", str(path))  # seqio's byte vocabulary
+  with pytest.raises(ValueError, match=r"task 'bytes_mc' tokenizes 'inputs' with ByteVocabulary.*hf_dir="):
+    evaluator.evaluate("bytes_mc", hf_dir=gpt2_dir)

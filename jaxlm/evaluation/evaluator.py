@@ -36,7 +36,7 @@ import numpy as np
 from jaxlm.evaluation.report import flatten_metrics
 from jaxlm.inference.decoding import DecodeConfig, predict_batch_with_aux
 from jaxlm.models import TransformerConfig, build_model
-from jaxlm.training.checkpointing import resolve_checkpoint, restore_params
+from jaxlm.training.checkpointing import resolve_checkpoint, restore_model, restore_params
 from jaxlm.vocabularies import until_eos
 
 Names = Union[str, Sequence[str]]
@@ -67,13 +67,25 @@ def _padded(tokens: list, width: int) -> list:
   return tokens + [0] * (width - len(tokens))
 
 
+def with_bos(batch: Mapping[str, Any], bos_id: Optional[int]) -> Mapping[str, Any]:
+  """The batch with bos_id in the decoder's BOS slot (column 0 of decoder_input_tokens,
+  which SeqIO's unpacked converters fill with 0): a Hugging Face model's own BOS. None:
+  the batch as it is (jaxlm models, whose BOS is 0)."""
+  if bos_id is None or "decoder_input_tokens" not in batch:
+    return batch
+  tokens = np.array(batch["decoder_input_tokens"])
+  tokens[:, 0] = bos_id
+  return {**batch, "decoder_input_tokens": tokens}
+
+
 def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[DecodeConfig] = None,
-                    max_new_tokens: Union[int, Callable, None] = None, with_aux: bool = False):
+                    max_new_tokens: Union[int, Callable, None] = None, with_aux: bool = False,
+                    bos_id: Optional[int] = None):
   """seqio predict_fn(ds) -> [(index, tokens)] (with_aux: and {'scores': [...]}).
 
   decoding: DecodeConfig (default: DecodeConfig() as gin binds it). max_new_tokens, used
   where decoding.max_new_tokens is None: an int, a callable ds -> int or None, or None (the
-  batch's room: see decoding.batch_prompts).
+  batch's room: see decoding.batch_prompts). bos_id: see with_bos.
   """
   decoding = decoding or DecodeConfig()
   key = jax.random.key(decoding.seed)
@@ -86,7 +98,8 @@ def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[De
       config = dataclasses.replace(config, max_new_tokens=n_new)
     outputs, scores = [], []
     for b, (indices, batch, n) in enumerate(iterate_batches(ds, batch_size)):
-      tokens, aux = predict_batch_with_aux(model, params, batch, config, rng=jax.random.fold_in(key, b))
+      tokens, aux = predict_batch_with_aux(model, params, with_bos(batch, bos_id), config,
+                                           rng=jax.random.fold_in(key, b))
       tokens, batch_scores = np.asarray(tokens)[:n], np.asarray(aux["scores"])[:n]
       width = tokens.shape[1]  # rows cut at EOS, zero-padded: seqio stacks them into one array
       outputs += [(int(i), _padded(until_eos(t, decoding.eos_id), width)) for i, t in zip(indices, tokens)]
@@ -99,14 +112,15 @@ def make_predict_fn(model, params, *, batch_size: int = 8, decoding: Optional[De
 score_batch_jit = jax.jit(lambda model, params, batch: model.score_batch(params, batch), static_argnums=0)
 
 
-def make_score_fn(model, params, *, batch_size: int = 8):
-  """seqio score_fn(ds) -> [(index, log p(targets | inputs))], by model.score_batch."""
+def make_score_fn(model, params, *, batch_size: int = 8, bos_id: Optional[int] = None):
+  """seqio score_fn(ds) -> [(index, log p(targets | inputs))], by model.score_batch;
+  bos_id: see with_bos."""
 
   def score_fn(ds, model_feature_shapes=None):
     del model_feature_shapes
     out = []
     for indices, batch, n in iterate_batches(ds, batch_size):
-      values = np.asarray(score_batch_jit(model, params, batch))[:n]
+      values = np.asarray(score_batch_jit(model, params, with_bos(batch, bos_id)))[:n]
       out += [(int(i), float(v)) for i, v in zip(indices, values)]
     return out
   return score_fn
@@ -119,15 +133,15 @@ class Evaluator:
 
   seed: seqio.Evaluator's dataset seed (random preprocessors), gin-bound as
   `Evaluator.seed` for the eval job and periodic evaluation alike; decoding samples with
-  DecodeConfig.seed.
+  DecodeConfig.seed. bos_id: the model's BOS where it is not 0 (a Hugging Face model's).
   """
 
   def __init__(self, model, mixture_or_task_names: Names, feature_lengths: Optional[Mapping[str, int]] = None,
                split: str = "validation", batch_size: int = 8, num_examples: Optional[int] = None,
                decoding: Optional[DecodeConfig] = None, log_dir: Optional[str] = None,
-               use_cached: bool = False, seed: int = 42):
+               use_cached: bool = False, seed: int = 42, bos_id: Optional[int] = None):
     import seqio  # pylint: disable=import-outside-toplevel
-    self.model, self.batch_size = model, batch_size
+    self.model, self.batch_size, self.bos_id = model, batch_size, bos_id
     self.decoding = decoding or DecodeConfig()
     self.feature_lengths = dict(feature_lengths) if feature_lengths else None
     names = [mixture_or_task_names] if isinstance(mixture_or_task_names, str) else list(mixture_or_task_names)
@@ -157,10 +171,11 @@ class Evaluator:
     return self._targets_length.get(id(ds))
 
   def evaluate(self, params, step: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
-    common = dict(batch_size=self.batch_size, decoding=self.decoding, max_new_tokens=self._max_new_tokens)
+    common = dict(batch_size=self.batch_size, decoding=self.decoding, max_new_tokens=self._max_new_tokens,
+                  bos_id=self.bos_id)
     fns = dict(predict_fn=make_predict_fn(self.model, params, **common),
                predict_with_aux_fn=make_predict_fn(self.model, params, with_aux=True, **common),
-               score_fn=make_score_fn(self.model, params, batch_size=self.batch_size))
+               score_fn=make_score_fn(self.model, params, batch_size=self.batch_size, bos_id=self.bos_id))
     results = {}
     for ev in self.evaluators:
       if ev.eval_tasks:
@@ -206,6 +221,18 @@ def resolve_task_names(mixture_or_task_names: Optional[Names] = None, task_modul
   return names
 
 
+def _check_tokenized_with(names: Sequence[str], vocabulary, setting: str) -> None:
+  """Raises if a task's features tokenize with another vocabulary than `vocabulary`."""
+  import seqio  # pylint: disable=import-outside-toplevel
+  for name in names:
+    for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
+      for key, feature in task.output_features.items():
+        if feature.vocabulary != vocabulary:
+          raise ValueError(f"task {task.name!r} tokenizes {key!r} with {type(feature.vocabulary).__name__}, not "
+                           f"the tokenizer of {setting}={vocabulary.path!r}: with a Hugging Face directory, "
+                           "evaluate SUITE_TASKS (local benchmark files), or use lm-eval's `jaxlm` model")
+
+
 @gin.configurable
 def make_train_eval_fn(model, mixture_or_task_names: Optional[Names] = None,
                        feature_lengths: Optional[Mapping[str, int]] = None, task_modules: Sequence[str] = (),
@@ -222,13 +249,14 @@ def make_train_eval_fn(model, mixture_or_task_names: Optional[Names] = None,
 
 
 @gin.configurable
-def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Optional[str] = gin.REQUIRED,
+def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Optional[str] = None,
              step: Optional[int] = None, feature_lengths: Optional[Mapping[str, int]] = None,
              split: str = "validation", batch_size: int = 8, num_examples: Optional[int] = None,
              config: Optional[TransformerConfig] = None, decoding: Optional[DecodeConfig] = None,
              output_dir: Optional[str] = None, task_modules: Sequence[str] = (),
              suite_tasks: Optional[Mapping[str, Sequence]] = None, suite_vocabulary=None,
-             prompting: Optional[Mapping[str, Sequence[Any]]] = None, params=None) -> Dict[str, Any]:
+             prompting: Optional[Mapping[str, Sequence[Any]]] = None, params=None,
+             hf_dir: Optional[str] = None, adapter_dir: Optional[str] = None) -> Dict[str, Any]:
   """The 'eval' job: restore a checkpoint, run every task's metrics, write metrics.json.
 
   task_modules: modules to import first (they register seqio tasks, e.g. 'jaxlm.data.tasks').
@@ -239,15 +267,32 @@ def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Option
   prompting: {task: [jaxlm.prompting.PromptStrategy, ...]}: each task also evaluated under
   each strategy (few-shot, retrieval, CoT, self-consistency, tools), rows
   '<task>[<strategy name>]/<metric>' (jaxlm.prompting.strategy.evaluate_strategies).
-  params: evaluate these instead of restoring checkpoint_dir. Returns {'task/metric': value}.
+  params: evaluate these instead of restoring checkpoint_dir. hf_dir (eval.gin's HF_DIR): a
+  Hugging Face directory instead of a checkpoint (its config, weights and, for the suite
+  tasks, its tokenizer; adapter_dir: a peft LoRA adapter merged in); every task must
+  tokenize with that tokenizer. Returns {'task/metric': value}.
   """
+  bos_id = None
+  if hf_dir:
+    from jaxlm.data.hf_vocabulary import HFSeqioVocabulary  # pylint: disable=import-outside-toplevel
+    suite_vocabulary = suite_vocabulary or HFSeqioVocabulary(hf_dir)
+    bos_id = suite_vocabulary.bos_id
+    decoding = dataclasses.replace(decoding or DecodeConfig(), eos_id=suite_vocabulary.eos_id)
   names = resolve_task_names(mixture_or_task_names, task_modules, suite_tasks, suite_vocabulary)
   if prompting:
     resolve_task_names(list(prompting))  # an unknown name fails here, before any decoding
-  model = build_model(config or TransformerConfig())
+  if hf_dir:
+    _check_tokenized_with(names, suite_vocabulary, "hf_dir")
+    if prompting:
+      raise ValueError("evaluate: prompting strategies need a jaxlm checkpoint (they tokenize with jaxlm's "
+                       "vocabularies); unset PROMPTING or HF_DIR")
+    model, params = restore_model(hf_dir=hf_dir, adapter_dir=adapter_dir)
+  else:
+    model = build_model(config or TransformerConfig())
   if params is None:
     if checkpoint_dir is None:
-      raise ValueError("evaluate needs checkpoint_dir (or params)")
+      raise ValueError("evaluate needs a model: checkpoint_dir (eval.gin's CHECKPOINT_DIR, a jaxlm checkpoint) "
+                       "or hf_dir (HF_DIR, a Hugging Face directory)")
     item, _ = resolve_checkpoint(checkpoint_dir, step)
     params = restore_params(checkpoint_dir, model.param_shapes(), step)
     if step is None:  # the trainer's layout <step>/state: name the restored step in the logs
@@ -256,7 +301,7 @@ def evaluate(mixture_or_task_names: Names = gin.REQUIRED, checkpoint_dir: Option
   if output_dir:
     os.makedirs(output_dir, exist_ok=True)
   evaluator = Evaluator(model, names, feature_lengths, split=split, batch_size=batch_size,
-                        num_examples=num_examples, decoding=decoding, log_dir=output_dir)
+                        num_examples=num_examples, decoding=decoding, log_dir=output_dir, bos_id=bos_id)
   metrics = flatten_metrics(evaluator.evaluate(params, step))
   if prompting:
     from jaxlm.prompting.strategy import evaluate_strategies  # pylint: disable=import-outside-toplevel

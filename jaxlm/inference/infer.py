@@ -31,29 +31,7 @@ from jaxlm.inference.decoding import DecodeConfig, best_hypotheses, generate, ro
 from jaxlm.jsonl import FormatError, read_jsonl
 from jaxlm.models import TransformerConfig, build_model
 from jaxlm.training.checkpointing import restore_model
-from jaxlm.vocabularies import EOS_ID, PAD_ID, get_vocabulary, until_eos
-
-
-class HFTokenizerVocab:
-  """The tokenizer of a Hugging Face directory (transformers.AutoTokenizer, local files
-  only) as a jaxlm vocabulary. `encode` adds the tokenizer's own special tokens (LLaMA's
-  BOS; nothing for GPT-2), so decoder prompts start with them instead of jaxlm's BOS 0
-  (`decoder_prefix` is empty); `decode` cuts at the tokenizer's EOS and drops special
-  tokens."""
-  decoder_prefix = ()
-
-  def __init__(self, path: str):
-    import transformers  # pylint: disable=import-outside-toplevel
-    self.path = path
-    self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    self.eos_id = self.tokenizer.eos_token_id
-    self.vocab_size = len(self.tokenizer)
-
-  def encode(self, text: str) -> List[int]:
-    return list(self.tokenizer.encode(text))
-
-  def decode(self, ids: Sequence[int]) -> str:
-    return self.tokenizer.decode(until_eos(ids, self.eos_id), skip_special_tokens=True)
+from jaxlm.vocabularies import EOS_ID, PAD_ID, HFTokenizerVocab, get_vocabulary, until_eos
 
 
 # ---- prompts ----
