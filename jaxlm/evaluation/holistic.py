@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from jaxlm.evaluation import robustness, suites
-from jaxlm.evaluation.metrics import expected_calibration_error
+from jaxlm.evaluation.metrics import calibration_bins, expected_calibration_error
 from jaxlm.evaluation.report import _cell, _format_value
 
 COLUMNS = (("accuracy", "Accuracy"), ("ece", "ECE (10 bins)"), ("worst_case", "Worst-case accuracy"),
@@ -55,15 +55,6 @@ def confidences(scores: Sequence[np.ndarray]) -> np.ndarray:
   return np.array([1.0 / np.exp(s - s.max()).sum() for s in scores])
 
 
-def reliability_bins(conf: Sequence[float], correct: Sequence, num_bins: int = 10) -> List[dict]:
-  """The reliability diagram's non-empty bins of expected_calibration_error's binning
-  ((lo, hi], 0 in the first): {'bin', 'count', 'confidence', 'accuracy'}."""
-  conf, correct = np.asarray(conf, np.float64), np.asarray(correct, np.float64)
-  bins = np.clip(np.ceil(conf * num_bins).astype(int) - 1, 0, num_bins - 1)
-  return [{"bin": b, "count": int((bins == b).sum()), "confidence": float(conf[bins == b].mean()),
-           "accuracy": float(correct[bins == b].mean())} for b in range(num_bins) if (bins == b).any()]
-
-
 def evaluate_model_on_task(lm, examples: Sequence[Mapping], num_variants: int = 1, num_bins: int = 10) -> dict:
   """The report's row for one model and one task (see the module docstring)."""
   golds = [int(ex["answer"]) for ex in examples]
@@ -81,7 +72,7 @@ def evaluate_model_on_task(lm, examples: Sequence[Mapping], num_variants: int = 
   conf = confidences(scores)
   robust = robustness.worst_case(examples, correct, keys="question", num_variants=num_variants)
   return {"accuracy": float(np.mean(right)), "ece": expected_calibration_error(conf, right, num_bins),
-          "reliability": reliability_bins(conf, right, num_bins), "clean": robust["clean"],
+          "reliability": calibration_bins(conf, right, num_bins), "clean": robust["clean"],
           "worst_case": robust["worst_case"], **{k: robust[k] for k in robustness.PERTURBATIONS},
           "tokens_per_second": tokens / seconds, "seconds_per_example": seconds / len(examples),
           "parameters": lm.model.num_params(lm.params), "confidences": conf.tolist(), "correct": right}
@@ -144,7 +135,7 @@ def plot(results: Mapping[str, Mapping[str, dict]], path: str) -> str:
   for model, by_task in results.items():
     conf = [c for row in by_task.values() for c in row["confidences"]]
     right = [c for row in by_task.values() for c in row["correct"]]
-    bins = reliability_bins(conf, right)
+    bins = calibration_bins(conf, right)
     rel.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=model)
   rel.set_xlabel("confidence")
   rel.set_ylabel("accuracy")

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import re
 import string
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -272,22 +272,23 @@ def multiple_choice_score_metric(targets: Sequence, scores: Sequence[float]) -> 
   return multiple_choice_metrics(lls, [gold_of[e] for e in exs], texts)
 
 
-def expected_calibration_error(confidences: Sequence[float], correct: Sequence,
-                               num_bins: int = 10) -> float:
-  """ECE (Guo et al. 2017): sum over equal-width confidence bins of
-  |bin| / n * |accuracy(bin) - mean confidence(bin)|. Bins are (lo, hi]; 0 goes
-  to the first bin."""
+def calibration_bins(confidences: Sequence[float], correct: Sequence, num_bins: int = 10) -> List[dict]:
+  """The non-empty equal-width confidence bins ((lo, hi]; 0 goes to the first bin) of a
+  reliability diagram: {'bin', 'count', 'confidence' (mean), 'accuracy' (mean)} each."""
   conf = np.asarray(confidences, np.float64)
   corr = np.asarray(correct, np.float64)
-  if conf.size == 0:
-    return 0.0
   bins = np.clip(np.ceil(conf * num_bins).astype(int) - 1, 0, num_bins - 1)
-  ece = 0.0
-  for b in range(num_bins):
-    sel = bins == b
-    if sel.any():
-      ece += sel.mean() * abs(corr[sel].mean() - conf[sel].mean())
-  return float(ece)
+  return [{"bin": b, "count": int((bins == b).sum()), "confidence": float(conf[bins == b].mean()),
+           "accuracy": float(corr[bins == b].mean())} for b in range(num_bins) if (bins == b).any()]
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence,
+                               num_bins: int = 10) -> float:
+  """ECE (Guo et al. 2017): sum over equal-width confidence bins (calibration_bins) of
+  |bin| / n * |accuracy(bin) - mean confidence(bin)|."""
+  n = len(confidences)
+  return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"])
+                   for b in calibration_bins(confidences, correct, num_bins))) if n else 0.0
 
 
 # ----------------------------------------------------------------------------------------
