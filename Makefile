@@ -18,8 +18,9 @@ $(STAMP): setup.py
 test: install
 	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
-# Clean, tokenize, pretrain, evaluate, decode: runs/quickstart/report.md. ARGS adds gin
-# bindings, e.g. make quickstart ARGS="--gin.TRAIN_STEPS=100". Ctrl-C, then again: resumes.
+# Clean, tokenize, pretrain, instruction-tune, align, prompt, evaluate every stage:
+# runs/quickstart/report.md (about 15 minutes on 2 CPU cores). ARGS adds gin bindings, e.g.
+# make quickstart ARGS="--gin.TRAIN_STEPS=100". Ctrl-C, then again: resumes at that stage.
 quickstart: install
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m jaxlm.main --gin_file=gin_configs/runs/quickstart.gin $(ARGS)
 

@@ -5,17 +5,9 @@ two-step arithmetic right, too little for a vote over its samples to differ from
 measured self-consistency@5 vs greedy CoT: 0.083 vs 0.042 and 0.042 vs 0.062 in two runs.)
 
 The model (2 layers, width 128, the 1024-piece jaxlm vocabulary) is instruction-tuned from
-scratch with SFTObjective, as tests/test_adaptation_sft_learning.py does, on a mixture that
-serves every test:
-  lookup      "Give the number of the word." with 1-3 demonstrations (word -> a number
-              drawn afresh for every prompt), the query's own word shown last: the answer
-              is only in the demonstrations, so the model learns to read them;
-  passages    "Which room does the <word> live in?" after 1-2 passages "The <word> lives
-              in room <n>.", the answering one last (retrieval augmentation's layout);
-  calculator  two-digit "a op b" problems written with calculator calls
-              ("<calc>34 * 28</calc> = 952.", Toolformer-style): the answer is the
-              last number, the tool's result when the tool runs;
-  rationales  generated multi_step_arithmetic with its worked rationale (chain of thought).
+scratch with SFTObjective, as tests/test_adaptation_sft_learning.py does, on the mixture of
+jaxlm/data/prompting_tasks.py (lookup with demonstrations, passages, calculator calls,
+rationales), which serves every test.
 The tiny model relies on recency: it reads the demonstration or passage nearest the query,
 so selection wins when it also orders the best one last (ICLConfig.order='similarity',
 RetrievalAugmentation's best-last layout).
@@ -34,7 +26,10 @@ pytest.importorskip("seqio")
 
 from jaxlm.adaptation import SFTObjective  # noqa: E402
 from jaxlm.data import generated_tasks, tasks, vocab  # noqa: E402
-from jaxlm.data.instructions import Instance, Template  # noqa: E402
+from jaxlm.data.prompting_tasks import (CALC, LOOKUP, QA, calculator_examples, evaluation_facts, fact,  # noqa: E402
+                                         calculator_pairs, lookup_pairs, passage, passage_pairs,
+                                         rationale_pairs, template_pairs)
+from jaxlm.data.instructions import Instance  # noqa: E402
 from jaxlm.data.pipeline import DataPipeline  # noqa: E402
 from jaxlm.evaluation.evaluator import evaluate  # noqa: E402
 from jaxlm.evaluation.metrics import extract_answer  # noqa: E402
@@ -55,54 +50,11 @@ CONFIG = TransformerConfig(vocab_size=1024, d_model=128, num_layers=2, num_heads
 STEPS, BATCH = 300, 32
 LENGTHS = {"inputs": 80, "targets": 48}
 RUN = dict(progress_bar=False, tensorboard=False, log_every=50, checkpoint_every=10_000, async_checkpoints=False)
-KEYS = generated_tasks.WORDS
-LOOKUP = Template("Give the number of the word.", "{input}", "{output}")
-QA = Template("Answer the question.", "Which room does the {input} live in?", "{output}")
-CALC = Template("Compute it with the calculator.", "{input}", "{rationale}")  # the answer: its last number
-COT = generated_tasks.FAMILIES["multi_step_arithmetic"].templates[2]  # "one step at a time", cot=True
 NUM_EVAL = 48
 # Margins (accuracy, 0-1); measured at these seeds on 2 CPU cores in the comments.
 MIN_ICL_GAIN = 0.5        # k-NN (TF-IDF or BM25) over random selection (measured 0.76 vs 0.08)
 MIN_TOOL_GAIN = 0.5       # executing calculator calls over the same model without (0.94 vs 0.02)
 MIN_RETRIEVAL_GAIN = 0.6  # open-book over closed-book (0.96 vs 0.04)
-
-
-def fact(rng: random.Random, key: str) -> dict:
-  return {"input": key, "output": str(rng.randint(10, 99))}
-
-
-def passage(example) -> str:
-  return f"The {example['input']} lives in room {example['output']}."
-
-
-def lookup_pairs(n: int, seed) -> list:
-  """Prompts with 1-2 other words' demonstrations, then the query word's own, and a fresh
-  word -> number mapping for every prompt."""
-  rng, out = random.Random(f"lookup:{seed}"), []
-  for _ in range(n):
-    examples = [fact(rng, k) for k in rng.sample(KEYS, rng.randint(2, 3))]
-    query = examples[0]
-    out.append((LOOKUP.instance(query, examples[1:] + [query]).prompt(), LOOKUP.instance(query).target()))
-  return out
-
-
-def passage_pairs(n: int, seed) -> list:
-  """0-1 distracting passages, then the answering one, then the question."""
-  rng, out = random.Random(f"passages:{seed}"), []
-  for _ in range(n):
-    examples = [fact(rng, k) for k in rng.sample(KEYS, rng.randint(1, 2))]
-    shown = "\n".join(f"Passage: {passage(e)}" for e in examples[1:] + examples[:1])
-    out.append((f"{shown}\n\n{QA.instance(examples[0]).prompt()}", QA.instance(examples[0]).target()))
-  return out
-
-
-def template_pairs(template, examples) -> list:
-  return [(template.instance(e).prompt(), template.instance(e).target()) for e in examples]
-
-
-def calculator_examples(n: int, split: str) -> list:
-  """Two-digit 'a op b' problems (held out by generated_tasks' hash), with calculator calls."""
-  return [tools.with_calculator_calls(e) for e in tools.arithmetic_examples(n, split, digits=(2, 2))]
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +67,8 @@ def trained(tmp_path_factory):
   makers = {
       "prompting_lookup": lambda split: lookup_pairs(sizes[split], split),
       "prompting_passages": lambda split: passage_pairs(sizes[split], split),
-      "prompting_calculator": lambda split: template_pairs(CALC, calculator_examples(sizes[split], split)),
-      "prompting_rationales": lambda split: template_pairs(
-          COT, generated_tasks.examples("multi_step_arithmetic", sizes[split], split)),
+      "prompting_calculator": lambda split: calculator_pairs(sizes[split], split),
+      "prompting_rationales": lambda split: rationale_pairs(sizes[split], split),
   }
   names = [tasks.register_instruction_task(name, make, v).name for name, make in makers.items()]
   tasks.register_mixture("prompting_mix", names, "fixed", rates=[1.0, 1.0, 1.5, 2.0])  # arithmetic is slowest
@@ -130,12 +81,6 @@ def trained(tmp_path_factory):
                  objective=SFTObjective(), **RUN)
   assert result.history[-1]["loss"] < 0.6 * result.history[0]["loss"]
   return PromptLM(result.model, result.state.params, v, batch_size=NUM_EVAL), "prompting_closed_book_qa"
-
-
-def evaluation_facts() -> list:
-  """One room per word, drawn with a seed no training prompt uses."""
-  rng = random.Random("evaluation facts")
-  return [fact(rng, k) for k in KEYS]
 
 
 def accuracy(predictions, answers) -> float:

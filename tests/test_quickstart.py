@@ -1,8 +1,10 @@
-"""The quickstart end to end: a shortened run of gin_configs/runs/quickstart.gin, Ctrl-C in
-the middle of training, and the second run resuming from the checkpoint it left.
+"""The quickstart end to end: the whole lifecycle of gin_configs/runs/quickstart.gin shortened
+(pretrain, instruction-tune, align with DPO, prompt, evaluate, report), Ctrl-C in the
+middle of instruction tuning, and the second run resuming that stage at its checkpoint with
+the earlier stages cached; then each stage's effect against a stated margin.
 
-Shortened means less data, fewer steps and a smaller evaluation; the model, the stages and
-the gin file are the real ones.
+Shortened means less data, fewer steps and a smaller evaluation; the model, the stages, the
+suite and the gin file are the real ones.
 """
 from __future__ import annotations
 
@@ -17,10 +19,18 @@ import gin
 
 from train_helpers import ROOT, interrupt, subprocess_env
 
+SFT_STEPS = 120
 SHORT = ["--gin.TRAIN_STEPS=40", "--gin.quickstart.max_documents_per_source=120",
          "--gin.quickstart.reasoning_documents=100", "--gin.quickstart.eval_documents=8",
-         "--gin.quickstart.eval_tokens_per_document=300", "--gin.quickstart.reasoning_problems=8",
-         "--gin.train.checkpoint_every=10", "--gin.train.log_every=2"]
+         "--gin.quickstart.eval_tokens_per_document=300", "--gin.quickstart.reasoning_problems=16",
+         "--gin.quickstart.max_new_tokens=16", f"--gin.instruction_tuning.steps={SFT_STEPS}",
+         "--gin.alignment.steps=40", "--gin.preference_source.num_validation=24",
+         "--gin.train.checkpoint_every=10", "--gin.train.log_every=2", "--gin.train.progress_bar=False"]
+# Margins, measured with these settings and seeds on 2 shared CPU cores (values in brackets):
+MIN_PERPLEXITY_DROP = 3.0   # untrained / pretrained held-out perplexity ()
+MIN_SFT_EM_GAIN = 0.3       # held-out instruction exact match, instruction-tuned - pretrained ()
+MIN_DPO_GAIN = 0.3          # preference accuracy or true reward, aligned - instruction-tuned ()
+STAGES = ("untrained", "pretrained", "instruction-tuned (full)", "aligned (dpo)")
 
 
 def quickstart(model_dir: str) -> subprocess.Popen:
@@ -35,40 +45,58 @@ def events(model_dir: str) -> list:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def test_quickstart_interrupted_resumes_and_reports(tmp_path):
+def checkpoints(model_dir: str) -> list:
+  return sorted(int(s) for s in os.listdir(os.path.join(model_dir, "checkpoints")) if s.isdigit())
+
+
+def test_quickstart_lifecycle_interrupted_resumes_and_reports(tmp_path):
   model_dir = str(tmp_path / "quickstart")
+  sft_dir = os.path.join(model_dir, "sft")
 
   first = quickstart(model_dir)
-  interrupt([(first, model_dir, 12, signal.SIGINT)], timeout=400)  # Ctrl-C during training
+  interrupt([(first, sft_dir, 12, signal.SIGINT)], timeout=400)  # Ctrl-C during instruction tuning
   out, _ = first.communicate(timeout=240)
   assert first.returncode == 0, out[-4000:]
-  assert "[1/6]" in out and "near_dedup" in out and "pii" in out  # the cleaning report
-  assert "stopped at step" in out and "run the same command again to resume" in out
+  assert "[1/7]" in out and "near_dedup" in out and "pii" in out  # the cleaning report
+  assert "stopped at step" in out and "instruction tuning stage" in out and "run the same command again" in out
   assert not os.path.exists(os.path.join(model_dir, "report.md"))
-  saved = sorted(int(s) for s in os.listdir(os.path.join(model_dir, "checkpoints")) if s.isdigit())
-  assert saved and 12 <= saved[-1] < 40
+  assert checkpoints(model_dir)[-1] == 40  # pretraining finished
+  saved = checkpoints(sft_dir)
+  assert saved and 12 <= saved[-1] < SFT_STEPS
 
   second = quickstart(model_dir)
   out, _ = second.communicate(timeout=600)
   assert second.returncode == 0, out[-4000:]
-  assert "(cached)" in out  # data and tokenizer are not redone
-  resumed = [e for e in events(model_dir) if e.get("event") == "resumed"]
+  assert "tokenizer" in out and "(cached)" in out and "pretrained: step 40 checkpoint" in out  # not redone
+  assert not any(e.get("event") == "resumed" for e in events(model_dir))  # pretraining was not rerun
+  resumed = [e for e in events(sft_dir) if e.get("event") == "resumed"]
   assert resumed and resumed[-1]["step"] == saved[-1]
+  assert checkpoints(os.path.join(model_dir, "dpo"))[-1] == 40
 
   report = open(os.path.join(model_dir, "report.md"), encoding="utf-8").read()
-  for needle in ("perplexity", "ratio_to_untrained", "accuracy", "loss_curve.png", "Samples"):
+  for needle in (*STAGES, "perplexity", "instruction EM", "preference acc", "true reward", "few-shot k-NN",
+                 "CoT self-consistency", "calculator", "ECE", " ± ", "What each stage bought", "Time",
+                 "loss_curve.png", "metrics.png", "Samples"):
     assert needle in report, needle
-  assert os.path.getsize(os.path.join(model_dir, "loss_curve.png")) > 1000
+  for name in ("loss_curve.png", "metrics.png"):
+    assert os.path.getsize(os.path.join(model_dir, name)) > 5000
   with open(os.path.join(model_dir, "metrics.json"), encoding="utf-8") as f:
-    held_out = json.load(f)["metrics"]["held-out text"]
+    rows = json.load(f)["metrics"]
+  assert list(rows) == list(STAGES)
+  untrained, pretrained, sft, aligned = (rows[s] for s in STAGES)
+  print(json.dumps(rows, indent=1))
   # 40 steps of 16 x 256 tokens take held-out perplexity from ~2000 (untrained, about the
-  # vocabulary size) to a few hundred; demand at least a 3x drop.
-  assert held_out["untrained_perplexity"] > 1000
-  assert held_out["ratio_to_untrained"] < 1 / 3, held_out
+  # vocabulary size) to a few hundred.
+  assert untrained["perplexity"] > 1000
+  assert untrained["perplexity"] / pretrained["perplexity"] >= MIN_PERPLEXITY_DROP, rows
+  assert sft["instruction EM"] - pretrained["instruction EM"] >= MIN_SFT_EM_GAIN, rows
+  assert max(aligned["preference acc"] - sft["preference acc"],
+             aligned["true reward"] - sft["true reward"]) >= MIN_DPO_GAIN, rows
 
 
 def test_quickstart_gin_binds_the_trainer_inputs_and_no_code_defaults():
-  from jaxlm import main, quickstart as quickstart_lib  # pylint: disable=import-outside-toplevel
+  from jaxlm import main  # pylint: disable=import-outside-toplevel
+  from jaxlm.quickstart import job  # pylint: disable=import-outside-toplevel
   gin.clear_config()
   try:
     main.parse_gin(["gin_configs/runs/quickstart.gin"], [])
@@ -76,13 +104,27 @@ def test_quickstart_gin_binds_the_trainer_inputs_and_no_code_defaults():
     assert "DataPipeline" in str(gin.query_parameter("train.data_fn"))
     assert "warmup_cosine" in str(gin.query_parameter("train.learning_rate"))
     assert str(gin.query_parameter("DataPipeline.mixture_or_task_name")) == "%MIXTURE_OR_TASK_NAME"
-    defaults = inspect.signature(quickstart_lib.quickstart.__wrapped__).parameters
-    for name, param in defaults.items():
-      try:
-        bound = gin.query_parameter(f"quickstart.{name}")
-      except ValueError:
-        continue
-      if not isinstance(bound, gin.config.ConfigurableReference):  # also a %MACRO
-        assert bound != param.default, f"quickstart.gin restates quickstart.{name}'s default"
+    assert str(gin.query_parameter("quickstart.pretrain_steps")) == "%TRAIN_STEPS"
+    from jaxlm.quickstart import stages  # pylint: disable=import-outside-toplevel
+    for name, fn in (("quickstart", job.quickstart), ("instruction_tuning", stages.instruction_tuning),
+                     ("alignment", stages.alignment), ("preference_source", stages.preference_source)):
+      for param_name, param in inspect.signature(fn.__wrapped__).parameters.items():
+        try:
+          bound = gin.query_parameter(f"{name}.{param_name}")
+        except ValueError:
+          continue
+        if not isinstance(bound, gin.config.ConfigurableReference):  # also a %MACRO
+          assert bound != param.default, f"quickstart.gin restates {name}.{param_name}'s default"
   finally:
     gin.clear_config()
+
+
+def test_quickstart_names_a_wrong_method():
+  from jaxlm.quickstart import stages  # pylint: disable=import-outside-toplevel
+  for fn, setting in ((stages.instruction_tuning, "quickstart.sft_method"), (stages.alignment, "quickstart.alignment")):
+    try:
+      fn("/nonexistent", "/nonexistent", None, None, method="rlhf")
+    except ValueError as e:
+      assert setting in str(e) and "rlhf" in str(e)
+    else:
+      raise AssertionError(f"{setting}='rlhf' was accepted")
