@@ -48,6 +48,7 @@ def run_name(overrides: Mapping[str, Any], steps: int) -> str:
 def run_sweep(sweep_dir: str = gin.REQUIRED,
               models: Sequence[Mapping[str, Any]] = gin.REQUIRED,
               steps: Sequence[int] = gin.REQUIRED,
+              config: Optional[TransformerConfig] = None,
               schedule: Optional[Callable[..., Any]] = warmup_cosine,
               loss_key: str = "loss",
               seq_len: Optional[int] = None,
@@ -58,22 +59,23 @@ def run_sweep(sweep_dir: str = gin.REQUIRED,
 
   models: TransformerConfig overrides, one dict per model size (e.g. {'d_model': 32,
   'num_layers': 1}); steps: train steps per run (the token budget: steps x BATCH_SIZE x
-  length). schedule: called as schedule(decay_steps=steps) for each run's learning rate
+  length). config: the model the overrides apply to (default TransformerConfig() as gin
+  binds it). schedule: called as schedule(decay_steps=steps) for each run's learning rate
   (None: train.learning_rate as bound). seq_len: the training sequence length, for the
   FLOPs' attention term (default TransformerConfig.max_len). plan_flops: budgets the report plans for with the
   Chinchilla fit (bootstrap_samples resamples for its intervals; 0: none). Returns {'runs': records, 'fit': fit.json's content} ({'runs', 'preempted':
   True} without a fit when a run was preempted)."""
   if not models or not steps:
     raise ValueError(f"run_sweep: models={list(models)} and steps={list(steps)} must both be non-empty")
-  base = TransformerConfig()
+  base = config if config is not None else TransformerConfig()
   records = []
   for overrides in models:
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TransformerConfig)}
     if unknown:
       raise ValueError(f"run_sweep.models: {sorted(unknown)} are not TransformerConfig fields")
-    config = dataclasses.replace(base, **overrides)
+    run_config = dataclasses.replace(base, **overrides)
     for n in steps:
-      record = _run_one(os.path.join(sweep_dir, run_name(overrides, n)), config, dict(overrides), int(n),
+      record = _run_one(os.path.join(sweep_dir, run_name(overrides, n)), run_config, dict(overrides), int(n),
                         schedule, loss_key, seq_len, train_fn)
       if record is None:
         return {"runs": records, "preempted": True}
