@@ -132,7 +132,8 @@ def _huber_objective(theta, log_n, log_d, log_loss, delta):
 
 def _law(theta) -> ChinchillaLaw:
   a, b, e, alpha, beta = (float(t) for t in theta)
-  return ChinchillaLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=alpha, beta=beta)
+  with np.errstate(over="ignore"):  # a degenerate fit (a resample of few runs) may give A or B = inf
+    return ChinchillaLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=alpha, beta=beta)
 
 
 def _theta(law: ChinchillaLaw):
@@ -178,7 +179,8 @@ def fit_chinchilla(n, d, loss, delta: float = HUBER_DELTA, starts: Optional[np.n
   if len(loss) < 5:
     raise ValueError(f"fit_chinchilla: 5 parameters need at least 5 runs, got {len(loss)}")
   args = (np.log(n), np.log(d), np.log(loss), delta)
-  scaled = lambda theta: tuple(v / delta ** 2 for v in _huber_objective(theta, *args))  # O(1) for scipy's tolerances
+  # Divided by delta^2: values of order 1, which scipy's default tolerances are made for.
+  scaled = lambda theta: tuple(v / delta ** 2 for v in _huber_objective(theta, *args))
   best = None
   with _one_blas_thread():
     for start in (linear_starts(n, d, loss) if starts is None else np.atleast_2d(starts)):

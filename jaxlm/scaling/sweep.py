@@ -62,9 +62,10 @@ def run_sweep(sweep_dir: str = gin.REQUIRED,
   length). config: the model the overrides apply to (default TransformerConfig() as gin
   binds it). schedule: called as schedule(decay_steps=steps) for each run's learning rate
   (None: train.learning_rate as bound). seq_len: the training sequence length, for the
-  FLOPs' attention term (default TransformerConfig.max_len). plan_flops: budgets the report plans for with the
-  Chinchilla fit (bootstrap_samples resamples for its intervals; 0: none). Returns {'runs': records, 'fit': fit.json's content} ({'runs', 'preempted':
-  True} without a fit when a run was preempted)."""
+  FLOPs' attention term (default TransformerConfig.max_len). plan_flops: budgets the
+  report plans for with the Chinchilla fit (bootstrap_samples resamples for its intervals;
+  0: none). Returns {'runs': records, 'fit': fit.json's content}, or {'runs', 'preempted':
+  True} without a fit when a run was preempted."""
   if not models or not steps:
     raise ValueError(f"run_sweep: models={list(models)} and steps={list(steps)} must both be non-empty")
   base = config if config is not None else TransformerConfig()
