@@ -36,7 +36,7 @@ QUICKSTART_GIN = "--gin_file=gin_configs/runs/quickstart.gin"
 # The job each run file selects (run.mode); a command without a run file prints a summary.
 MODES = {"quickstart.gin": "quickstart", "pretrain.gin": "train", "pretrain_synthetic.gin": "train",
          "sft.gin": "train", "reward.gin": "train", "dpo.gin": "train", "ppo.gin": "train", "grpo.gin": "train",
-         "infer.gin": "infer", "eval.gin": "eval"}
+         "infer.gin": "infer", "eval.gin": "eval", "sweep.gin": "sweep"}
 
 
 def readme_commands() -> list:
