@@ -24,12 +24,16 @@ SHORT = ["--gin.TRAIN_STEPS=40", "--gin.quickstart.max_documents_per_source=120"
          "--gin.quickstart.reasoning_documents=100", "--gin.quickstart.eval_documents=8",
          "--gin.quickstart.eval_tokens_per_document=300", "--gin.quickstart.reasoning_problems=16",
          "--gin.quickstart.max_new_tokens=16", f"--gin.instruction_tuning.steps={SFT_STEPS}",
-         "--gin.alignment.steps=40", "--gin.preference_source.num_validation=24",
+         "--gin.alignment.steps=20", "--gin.preference_source.num_validation=24",
          "--gin.train.checkpoint_every=10", "--gin.train.log_every=2", "--gin.train.progress_bar=False"]
-# Margins, measured with these settings and seeds on 2 shared CPU cores (values in brackets):
-MIN_PERPLEXITY_DROP = 3.0   # untrained / pretrained held-out perplexity ()
-MIN_SFT_EM_GAIN = 0.3       # held-out instruction exact match, instruction-tuned - pretrained ()
-MIN_DPO_GAIN = 0.3          # preference accuracy or true reward, aligned - instruction-tuned ()
+# Margins, measured with these settings and seeds (2 CPU cores shared with other test runs;
+# the measured values in brackets, +- the binomial standard error):
+MIN_PERPLEXITY_DROP = 3.0   # untrained / pretrained held-out perplexity (2147 / 441 = 4.9x)
+MIN_SFT_EM_GAIN = 0.1       # held-out instruction exact match, instruction-tuned - pretrained
+                            # (0.21 +- 0.06 - 0.00: 120 steps learn count_words / unit_conversion
+                            # partly; the full quickstart's 300 steps reach 0.95)
+MIN_DPO_GAIN = 0.5          # preference accuracy or true reward, aligned - instruction-tuned
+                            # (both 0.00 -> 1.00: the 'format' preferences are learned fully)
 STAGES = ("untrained", "pretrained", "instruction-tuned (full)", "aligned (dpo)")
 
 
@@ -71,7 +75,7 @@ def test_quickstart_lifecycle_interrupted_resumes_and_reports(tmp_path):
   assert not any(e.get("event") == "resumed" for e in events(model_dir))  # pretraining was not rerun
   resumed = [e for e in events(sft_dir) if e.get("event") == "resumed"]
   assert resumed and resumed[-1]["step"] == saved[-1]
-  assert checkpoints(os.path.join(model_dir, "dpo"))[-1] == 40
+  assert checkpoints(os.path.join(model_dir, "dpo"))[-1] == 20
 
   report = open(os.path.join(model_dir, "report.md"), encoding="utf-8").read()
   for needle in (*STAGES, "perplexity", "instruction EM", "preference acc", "true reward", "few-shot k-NN",

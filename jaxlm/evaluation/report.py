@@ -104,6 +104,7 @@ def plot_loss_curve(loss_curve, path: str, title: str = "Training loss") -> str:
     if len(curves) > 1:
       offset = steps[-1]
   if len(curves) > 1:
+    title = f"{title} of each stage (its own objective)"
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_xlabel("step (stages one after another)")
@@ -167,7 +168,8 @@ def plot_metrics(rows: Sequence[tuple[str, str, Any]], path: str, max_panels: in
         continue
       ax.bar(xs, ys, width, yerr=err if any(err) else None, color=colors[j % 10], label=task, capsize=2)
       for x, y in zip(xs, ys):
-        ax.text(x, y, _format_value(y), ha="center", va="bottom", fontsize=6)
+        if y:
+          ax.text(x, y, f"{y:.3g}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, fontsize=7, rotation=15 if len(names) > 2 else 0)
     if log:

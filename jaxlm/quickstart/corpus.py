@@ -102,9 +102,12 @@ def prepare_vocabulary(data_dir: str, paths: Dict[str, str], vocab_size: int, se
 @gin.configurable
 def register_quickstart_mixture(name: str, paths: Dict[str, str], vocabulary, objective: str = "lm",
                                 reasoning_rate: float = 0.1) -> str:
-  """SeqIO tasks over the cleaned corpus and the reasoning documents, mixed at fixed rates."""
-  corpus = tasks_lib.register_task(f"{name}_corpus", {"train": paths["train"], "validation": paths["validation"]},
-                                   objective, vocabulary)
+  """SeqIO tasks over the cleaned corpus and the reasoning documents, mixed at fixed rates;
+  also `<name>_corpus_as_targets`, the corpus as instruction-shaped LM rows (empty inputs)
+  that instruction tuning mixes in so that the model keeps its text."""
+  splits = {"train": paths["train"], "validation": paths["validation"]}
+  corpus = tasks_lib.register_task(f"{name}_corpus", splits, objective, vocabulary)
+  tasks_lib.register_task(f"{name}_corpus_as_targets", splits, "lm_as_targets", vocabulary)
   reasoning = tasks_lib.register_task(f"{name}_reasoning", {"train": paths["reasoning"]}, objective, vocabulary)
   tasks_lib.register_mixture(name, [corpus.name, reasoning.name], "fixed",
                              rates=[1.0 - reasoning_rate, reasoning_rate])

@@ -45,15 +45,38 @@ def _cached_eval(path: str, key: str, compute):
   return metrics, samples, seconds, False
 
 
-def _change(metric: str, before: Dict[str, Any], after: Dict[str, Any]) -> tuple:
-  """(text, within noise?) of one metric's change; None when it did not change."""
-  a, b = before[metric], after[metric]
+def _change(label: str, before: Dict[str, Any], after: Dict[str, Any], metric: str,
+            baseline: Optional[str] = None) -> tuple:
+  """(text, within noise?) of after[metric] against before[baseline or metric]; None
+  when it did not change."""
+  baseline = baseline or metric
+  a, b = before[baseline], after[metric]
   if a == b:
     return None, False
-  se = float(np.hypot(before[f"{metric}_stderr"], after[f"{metric}_stderr"]))
-  noise = suite_lib.within_noise(a, before[f"{metric}_stderr"], b, after[f"{metric}_stderr"])
-  size = "within noise" if noise else (f"{abs(b - a) / se:.1f} SE" if se else "every item moved")
-  return f"{metric} {a:.2f} → {b:.2f} ({b - a:+.2f}, {size})", noise
+  se_a, se_b = before[f"{baseline}_stderr"], after[f"{metric}_stderr"]
+  se = float(np.hypot(se_a, se_b))
+  noise = suite_lib.within_noise(a, se_a, b, se_b)
+  size = "within noise" if noise else (f"{abs(b - a) / se:.1f} SE" if se else "no spread: every item moved")
+  return f"{label} {a:.2f} → {b:.2f} ({b - a:+.2f}, {size})", noise
+
+
+STRATEGIES = (("few-shot k-NN", "few-shot random", "k-NN over random demonstrations"),
+              ("CoT self-consistency", "CoT greedy", "self-consistency over greedy CoT"),
+              ("calculator", "no tool", "the calculator over no tool"))
+
+
+def _strategy_gains(rows: Dict[str, Dict[str, Any]]) -> str:
+  """Each prompting strategy against its baseline on the same model, per stage."""
+  lines = []
+  for stage, values in rows.items():
+    if "calculator" not in values:
+      continue
+    parts = []
+    for metric, baseline, label in STRATEGIES:
+      text, _ = _change(label, values, values, metric, baseline)
+      parts.append(text or f"{label}: no difference ({values[metric]:.2f})")
+    lines.append(f"- **{stage}**: " + "; ".join(parts))
+  return "\n".join(lines)
 
 
 def _gains(rows: Dict[str, Dict[str, Any]]) -> tuple:
@@ -70,7 +93,7 @@ def _gains(rows: Dict[str, Dict[str, Any]]) -> tuple:
     for metric in suite_lib.ACCURACIES + ("true reward",):
       if metric not in rows[before] or metric not in rows[after]:
         continue
-      text, noise = _change(metric, rows[before], rows[after])
+      text, noise = _change(metric, rows[before], rows[after], metric)
       if text is None:
         same.append(metric)
         continue
@@ -111,8 +134,9 @@ def quickstart(model_dir: str = gin.REQUIRED,
                max_new_tokens: int = 48,
                eval_batch_size: int = 32,
                seed: int = 0) -> Dict[str, Any]:
-  """Runs the stages of the package docstring; returns {stage: metrics}, or {} when a
-  training stage was stopped (run again to resume).
+  """Runs the stages of the package docstring; returns {'stages': {stage: metrics},
+  'held-out text': pretraining's perplexity, the untrained model's and their ratio}, or {}
+  when a training stage was stopped (run again to resume).
 
   Pretraining is `train()` as gin binds it for pretrain_steps steps (runs/quickstart.gin:
   the model, the learning rate, the data: DataPipeline over `mixture_name`) in MODEL_DIR;
@@ -126,7 +150,7 @@ def quickstart(model_dir: str = gin.REQUIRED,
   validation_percent of the cleaned documents are held out."""
   started = time.time()
   for stage in stages:
-    stages_lib._check("quickstart.stages", stage, ("sft", "align"))  # pylint: disable=protected-access
+    stages_lib.check_choice("quickstart.stages", stage, ("sft", "align"))
   settings = json.dumps([list(sources), max_documents_per_source, reasoning_documents, seed, validation_percent])
   data_dir = os.path.join(model_dir, "data", hashlib.sha1(settings.encode()).hexdigest()[:10])
   paths = prepare_corpus(data_dir, sources, max_documents_per_source, reasoning_documents, seed, validation_percent)
@@ -146,7 +170,8 @@ def quickstart(model_dir: str = gin.REQUIRED,
   if "sft" in later:
     sft_dir = os.path.join(model_dir, "sft")
     say(f"[4/7] instruction tuning ({sft_method}) -> {sft_dir}")
-    trained.append(stages_lib.instruction_tuning(sft_dir, model_dir, config, vocabulary, method=sft_method))
+    trained.append(stages_lib.instruction_tuning(sft_dir, model_dir, config, vocabulary, method=sft_method,
+                                                 pretraining_task=f"{mixture_name}_corpus_as_targets"))
     if trained[-1] is None:
       return _stopped(sft_dir, "instruction tuning")
   if "align" in later:
@@ -169,11 +194,11 @@ def quickstart(model_dir: str = gin.REQUIRED,
   suite = suite_lib.SuiteSettings(sequence_length=sequence_length, batch_size=eval_batch_size,
                                   problems=reasoning_problems, sample_tokens=max_new_tokens, full=bool(later))
   sample_prompts = suite_lib.sample_prompts(prompts, preferences)
-  suite_key = json.dumps([dataclasses.asdict(suite), sample_prompts, len(texts), eval_tokens_per_document, data_dir,
-                          len(preferences)])
+  suite_key = json.dumps([dataclasses.asdict(suite), sample_prompts, len(texts), eval_tokens_per_document,
+                          os.path.basename(data_dir), len(preferences)])
   rows, samples = {}, {}
   for stage in [untrained] + trained:
-    key = f"{stage.model_dir}:{stage.steps}:{suite_key}"
+    key = f"{os.path.relpath(stage.model_dir or model_dir, model_dir)}:{stage.steps}:{suite_key}"
     path = os.path.join(model_dir, "evals", stage.name.split(" ")[0] + ".json")
     metrics, outputs, seconds, cached = _cached_eval(
         path, key, lambda stage=stage: suite_lib.evaluate(stage.model, stage.params, vocabulary, texts, preferences,
@@ -194,7 +219,9 @@ def quickstart(model_dir: str = gin.REQUIRED,
                    "prompting strategies on held-out problems (accuracy)": list(suite_lib.ACCURACIES[2:]),
                    "calibration error (ECE, lower is better)": ["ECE"]},
       sections={"What each stage bought": gains + "\n\nA change under 2 standard errors of the difference is "
-                "marked *within noise*: it is not a measured gain.", "Time": _timing_table(timings)},
+                "marked *within noise*: it is not a measured gain.",
+                "Prompting strategies against their baselines (same model, same held-out problems)":
+                    _strategy_gains(rows), "Time": _timing_table(timings)},
       samples=[{"prompt": p, **{name: out[i] for name, out in samples.items()}} for i, p in enumerate(sample_prompts)],
       title="jaxlm quickstart: pretrain, instruction-tune, align, prompt",
       config={"model": f"{config.arch}, {config.num_layers} layers, d_model {config.d_model}, "
@@ -206,5 +233,7 @@ def quickstart(model_dir: str = gin.REQUIRED,
               "held-out sizes": f"{len(texts)} documents, {len(preferences)} instructions/preferences, "
                                 f"{reasoning_problems} problems per prompting strategy"})
   say(f"  report: {path} ({(time.time() - started) / 60:.1f} minutes this run)")
-  return rows
+  ratio = rows["pretrained"]["perplexity"] / rows["untrained"]["perplexity"]
+  return {"stages": rows, "held-out text": {"perplexity": rows["pretrained"]["perplexity"], "ratio_to_untrained": ratio,
+                                            "untrained_perplexity": rows["untrained"]["perplexity"]}}
 

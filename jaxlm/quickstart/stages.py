@@ -118,7 +118,7 @@ def note_partial_time(model_dir: str, seconds: float) -> None:
     json.dump(record, f)
 
 
-def _check(setting: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(setting: str, value: str, choices: Sequence[str]) -> None:
   if value not in choices:
     raise ValueError(f"{setting}={value!r}: expected one of {tuple(choices)}")
 
@@ -128,14 +128,17 @@ def register_sft_mixture(vocabulary, name: str = "quickstart_sft", families: Seq
                                                                                                "unit_conversion"),
                          prompting: Sequence[str] = ("lookup", "calculator", "rationales"),
                          rates: Optional[Dict[str, float]] = None, num_train: int = 2000,
-                         num_validation: int = 64) -> str:
+                         num_validation: int = 64, pretraining_task: Optional[str] = None,
+                         pretraining_rate: float = 0.1) -> str:
   """The instruction mixture: instructions_<family> of the generated families (every
   template) and quickstart_<task> of the prompting tasks, mixed at fixed `rates`
-  ({task: rate}, default 1; calculator 1.5 and rationales 2, the slowest to learn)."""
+  ({task: rate}, default 1; lookup and calculator 1.5: they take longest to learn), and
+  `pretraining_task` as a `pretraining_rate` share of all examples (OPT-IML's
+  regularisation: the model keeps its held-out perplexity)."""
   from jaxlm.data import tasks  # pylint: disable=import-outside-toplevel
   for task in prompting:
-    _check("register_sft_mixture.prompting", task, tuple(PROMPTING_TASKS))
-  rates = {"calculator": 1.5, "rationales": 2.0, **(rates or {})}
+    check_choice("register_sft_mixture.prompting", task, tuple(PROMPTING_TASKS))
+  rates = {"lookup": 1.5, "calculator": 1.5, **(rates or {})}
   names = [n for n in tasks.register_generated_instruction_tasks(vocabulary, families=list(families),
                                                                  num_train=num_train,
                                                                  num_validation=num_validation)
@@ -145,26 +148,29 @@ def register_sft_mixture(vocabulary, name: str = "quickstart_sft", families: Seq
     make = PROMPTING_TASKS[task]
     names.append(tasks.register_instruction_task(f"quickstart_{task}", lambda split, make=make: make(sizes[split], split),
                                                  vocabulary).name)
-  tasks.register_mixture(name, names, "fixed", rates=[rates.get(n.split("_", 1)[1], 1.0) for n in names])
+  tasks.register_instruction_mixture(name, names, "fixed", rates=[rates.get(n.split("_", 1)[1], 1.0) for n in names],
+                                     pretraining_task=pretraining_task,
+                                     pretraining_rate=pretraining_rate if pretraining_task else 0.0)
   return name
 
 
 @gin.configurable
 def instruction_tuning(model_dir: str, init_from: str, config: TransformerConfig, vocabulary, method: str = "full",
-                       steps: int = 200, batch_size: int = 32, peak_learning_rate: float = 1e-3,
+                       steps: int = 250, batch_size: int = 32, peak_learning_rate: float = 2e-3,
                        lora_rank: int = 8, feature_lengths: Optional[Dict[str, int]] = None,
-                       seed: int = 0) -> Optional[Stage]:
-  """Stage 3: SFT of the pretrained checkpoint (see the module docstring); method 'full'
-  trains every parameter, 'lora' rank-`lora_rank` adapters on the attention projections
+                       pretraining_task: Optional[str] = None, seed: int = 0) -> Optional[Stage]:
+  """Stage 3: SFT of the pretrained checkpoint (see the module docstring) on
+  register_sft_mixture's mixture (with pretraining_task mixed in); method 'full' trains
+  every parameter, 'lora' rank-`lora_rank` adapters on the attention projections
   (TransformerConfig.lora_targets), the base frozen."""
   from jaxlm.adaptation import SFTObjective  # pylint: disable=import-outside-toplevel
   from jaxlm.data.pipeline import DataPipeline  # pylint: disable=import-outside-toplevel
   from jaxlm.training import adamw, warmup_cosine  # pylint: disable=import-outside-toplevel
-  _check("quickstart.sft_method", method, SFT_METHODS)
+  check_choice("quickstart.sft_method", method, SFT_METHODS)
   lengths = dict(feature_lengths or {"inputs": 80, "targets": 48})
   if sum(lengths.values()) > config.max_len:
     raise ValueError(f"instruction_tuning.feature_lengths={lengths} exceed TransformerConfig.max_len={config.max_len}")
-  mixture = register_sft_mixture(vocabulary)
+  mixture = register_sft_mixture(vocabulary, pretraining_task=pretraining_task)
   trainable = None
   if method == "lora":
     config = config.replace(lora_rank=lora_rank)
@@ -182,13 +188,13 @@ def preference_source(families: Sequence[str] = ("count_words", "unit_conversion
                       num_train: int = 300, num_validation: int = 32):
   """The generated preferences alignment trains on and the suite measures (their truth is
   known: jaxlm.data.preferences.true_reward under `rule`)."""
-  _check("preference_source.rule", rule, prefs.RULES)
+  check_choice("preference_source.rule", rule, prefs.RULES)
   return prefs.generated_preference_source(families, rule, num_train=num_train, num_validation=num_validation)
 
 
 @gin.configurable
 def alignment(model_dir: str, init_from: str, config: TransformerConfig, vocabulary, method: str = "dpo",
-              steps: int = 60, batch_size: int = 16, peak_learning_rate: float = 1e-3, beta: float = 0.1,
+              steps: int = 30, batch_size: int = 16, peak_learning_rate: float = 3e-4, beta: float = 0.1,
               rpo_alpha: float = 1.0, feature_lengths: Optional[Dict[str, int]] = None,
               rollout_prompts: int = 32, response_length: int = 16, seed: int = 0) -> Optional[Stage]:
   """Stage 4 from the instruction-tuned checkpoint (the frozen reference too): 'dpo'
@@ -198,7 +204,7 @@ def alignment(model_dir: str, init_from: str, config: TransformerConfig, vocabul
   from jaxlm.adaptation import DPOObjective  # pylint: disable=import-outside-toplevel
   from jaxlm.adaptation.dpo import reference_scorer  # pylint: disable=import-outside-toplevel
   from jaxlm.training import adamw, warmup_cosine  # pylint: disable=import-outside-toplevel
-  _check("quickstart.alignment", method, ALIGNMENTS)
+  check_choice("quickstart.alignment", method, ALIGNMENTS)
   lengths = dict(feature_lengths or {"inputs": 48, "targets": 24})
   trainable = Trainable(include=(r"_lora_[ab]$",)) if config.lora_rank else None
   common = dict(init_from=init_from, trainable=trainable, optimizer=functools.partial(adamw, weight_decay=0.0),

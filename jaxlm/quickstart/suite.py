@@ -106,7 +106,7 @@ def prompting_metrics(lm: PromptLM, settings: SuiteSettings) -> Dict[str, float]
                                                        order="similarity"))):
     prompts = icl.build_prompts(pool, pool, prompting_tasks.LOOKUP, config, lm)
     predictions = lm.generate(prompts, DecodeConfig(max_new_tokens=4))
-    out.update(with_stderr(name, [p.strip() == a for p, a in zip(predictions, answers)]))
+    out.update(with_stderr(name, [_answers_match(p, a) for p, a in zip(predictions, answers)]))
 
   reasoning = DecodeConfig(max_new_tokens=settings.reasoning_tokens)
   problems = prompting_tasks.generated_tasks.examples("multi_step_arithmetic", n, "validation")
