@@ -153,10 +153,11 @@ def quickstart(model_dir: str = gin.REQUIRED,
     stages_lib.check_choice("quickstart.stages", stage, ("sft", "align"))
   settings = json.dumps([list(sources), max_documents_per_source, reasoning_documents, seed, validation_percent])
   data_dir = os.path.join(model_dir, "data", hashlib.sha1(settings.encode()).hexdigest()[:10])
+  cached = os.path.isdir(data_dir)
   paths = prepare_corpus(data_dir, sources, max_documents_per_source, reasoning_documents, seed, validation_percent)
   vocabulary = prepare_vocabulary(data_dir, paths, vocab_size, seed, model_dir)
   register_quickstart_mixture(mixture_name, paths, vocabulary)
-  timings = [("1-2. clean and tokenize", time.time() - started, "")]
+  timings = [("1-2. clean and tokenize", time.time() - started, "cached (this run's time)" if cached else "")]
 
   config = TransformerConfig()
   later = [s for s in stages if config.arch == "decoder"]
