@@ -33,7 +33,8 @@ MIN_SFT_EM_GAIN = 0.1       # held-out instruction exact match, instruction-tune
                             # (0.21 +- 0.06 - 0.00: 120 steps learn count_words / unit_conversion
                             # partly; the full quickstart's 300 steps reach 0.95)
 MIN_DPO_GAIN = 0.5          # preference accuracy or true reward, aligned - instruction-tuned
-                            # (both 0.00 -> 1.00: the 'format' preferences are learned fully)
+                            # (preference accuracy 0.00 -> 1.00, true reward 0.00 -> 0.60 after
+                            # 20 DPO steps; the whole test took 342 s on 2 cores at load ~2)
 STAGES = ("untrained", "pretrained", "instruction-tuned (full)", "aligned (dpo)")
 
 
