@@ -10,7 +10,9 @@ chain of thought (the prompting learning tests and the quickstart train on them)
   calculator  two-digit "a op b" problems written with calculator calls
               ("<calc>34 * 28</calc> = 952.", Toolformer-style): the answer is the last
               number, the tool's result when the tool runs;
-  rationales  generated multi_step_arithmetic with its worked rationale (chain of thought).
+  rationales  sums of three one-digit numbers worked in two steps, the addends paired in a
+              random order ("7 + 2 = 9. 9 + 4 = 13."): several reasoning paths to one
+              answer, what self-consistency's vote needs (chain of thought).
 
 Each ``*_pairs`` function returns (prompt, target) text pairs for
 ``jaxlm.data.tasks.register_instruction_task``; the held-out problems come from the
@@ -77,8 +79,21 @@ def calculator_pairs(n: int, split: str) -> Pairs:
   return template_pairs(CALC, calculator_examples(n, split))
 
 
+def rationale_examples(n: int, split: str, seed: int = 0) -> List[Dict[str, str]]:
+  """n sums 'a + b + c' of one-digit numbers of the split (held out by generated_tasks'
+  multi_step_arithmetic hash), each rationale pairing the addends in one of three orders."""
+  rng, out = random.Random(f"{seed}:rationales:{split}"), []
+  while len(out) < n:
+    a, b, c = (rng.randint(1, 9) for _ in range(3))
+    example = {"input": f"{a} + {b} + {c}", "output": str(a + b + c)}
+    if generated_tasks.split_of("multi_step_arithmetic", example) == split:
+      x, y, z = rng.choice([(a, b, c), (b, c, a), (a, c, b)])
+      out.append({**example, "rationale": f"{x} + {y} = {x + y}. {x + y} + {z} = {x + y + z}."})
+  return out
+
+
 def rationale_pairs(n: int, split: str) -> Pairs:
-  return template_pairs(COT, generated_tasks.examples("multi_step_arithmetic", n, split))
+  return template_pairs(COT, rationale_examples(n, split))
 
 
 def evaluation_facts(seed: str = "evaluation facts") -> List[Dict[str, str]]:

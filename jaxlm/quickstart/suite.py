@@ -109,7 +109,7 @@ def prompting_metrics(lm: PromptLM, settings: SuiteSettings) -> Dict[str, float]
     out.update(with_stderr(name, [_answers_match(p, a) for p, a in zip(predictions, answers)]))
 
   reasoning = DecodeConfig(max_new_tokens=settings.reasoning_tokens)
-  problems = prompting_tasks.generated_tasks.examples("multi_step_arithmetic", n, "validation")
+  problems = prompting_tasks.rationale_examples(n, "validation")
   prompts = [prompting_tasks.COT.instance(e).prompt() for e in problems]
   greedy = lm.generate(prompts, reasoning)
   out.update(with_stderr("CoT greedy", [metrics_lib.extract_answer(g) == e["output"] for g, e in zip(greedy, problems)]))
