@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxlm.evaluation import robustness, suites
 from jaxlm.evaluation.metrics import calibration_bins, expected_calibration_error
-from jaxlm.evaluation.report import _cell, _format_value
+from jaxlm.evaluation.report import format_value, markdown_cell
 
 COLUMNS = (("accuracy", "Accuracy"), ("ece", "ECE (10 bins)"), ("worst_case", "Worst-case accuracy"),
            ("tokens_per_second", "Tokens/s"), ("seconds_per_example", "s/example"), ("parameters", "Parameters"))
@@ -108,8 +108,8 @@ def write_markdown(results: Mapping[str, Mapping[str, dict]], path: str) -> str:
            "| --- | --- |" + " ---: |" * len(COLUMNS)]
   for model, by_task in results.items():
     for task, row in by_task.items():
-      lines.append(f"| {_cell(model)} | {_cell(task)} | " + " | ".join(_format_value(row[k]) for k, _ in COLUMNS)
-                   + " |")
+      values = " | ".join(format_value(row[k]) for k, _ in COLUMNS)
+      lines.append(f"| {markdown_cell(model)} | {markdown_cell(task)} | {values} |")
   lines += ["", "![accuracy, reliability, robustness](report.png)", ""]
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))

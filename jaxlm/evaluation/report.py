@@ -49,7 +49,7 @@ def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
   return {f"{task}/{name}" if task else name: _to_python(v) for task, name, v in metric_rows(metrics)}
 
 
-def _format_value(v: Any) -> str:
+def format_value(v: Any) -> str:
   if hasattr(v, "item") and getattr(v, "size", 1) == 1:
     v = v.item()
   if isinstance(v, bool) or isinstance(v, int):
@@ -61,7 +61,7 @@ def _format_value(v: Any) -> str:
   return str(v)
 
 
-def _cell(text: str) -> str:
+def markdown_cell(text: str) -> str:
   return str(text).replace("|", "\\|").replace("\n", " ")
 
 
@@ -191,18 +191,18 @@ def wide_table(metrics: Mapping[str, Mapping[str, Any]],
   `marks[(task, metric)]` is appended to a cell, and a metric a task lacks reads "—"."""
   names = [m for m in dict.fromkeys(m for values in metrics.values() for m in values)
            if not m.endswith("_stderr")]
-  lines = ["| | " + " | ".join(_cell(m) for m in names) + " |", "| --- |" + " ---: |" * len(names)]
+  lines = ["| | " + " | ".join(markdown_cell(m) for m in names) + " |", "| --- |" + " ---: |" * len(names)]
   for task, values in metrics.items():
     cells = []
     for name in names:
       if name not in values or values[name] is None:
         cells.append("—")
         continue
-      text = _format_value(values[name])
+      text = format_value(values[name])
       if values.get(f"{name}_stderr") is not None:
-        text += f" ± {_format_value(values[f'{name}_stderr'])}"
-      cells.append(_cell(text + (marks or {}).get((task, name), "")))
-    lines.append(f"| {_cell(task)} | " + " | ".join(cells) + " |")
+        text += f" ± {format_value(values[f'{name}_stderr'])}"
+      cells.append(markdown_cell(text + (marks or {}).get((task, name), "")))
+    lines.append(f"| {markdown_cell(task)} | " + " | ".join(cells) + " |")
   return lines
 
 
@@ -235,14 +235,14 @@ def write_report(out_dir: str, metrics: Mapping[str, Any],
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   lines = [f"# {title}", "", f"Generated {now}.", ""]
   if config:
-    lines += ["## Run", ""] + [f"- **{_cell(k)}**: `{_cell(v)}`" for k, v in config.items()]
+    lines += ["## Run", ""] + [f"- **{markdown_cell(k)}**: `{markdown_cell(v)}`" for k, v in config.items()]
     lines.append("")
   lines += ["## Metrics", ""]
   if rows and table == "wide":
     lines += wide_table(metrics, marks)
   elif rows:
     lines += ["| Task | Metric | Value |", "| --- | --- | ---: |"]
-    lines += [f"| {_cell(t) or '-'} | {_cell(m)} | {_cell(_format_value(v))} |"
+    lines += [f"| {markdown_cell(t) or '-'} | {markdown_cell(m)} | {markdown_cell(format_value(v))} |"
               for t, m, v in rows]
   if rows:
     if any(_numeric(v) is not None and not _is_count(v) for _, _, v in rows):
@@ -261,7 +261,7 @@ def write_report(out_dir: str, metrics: Mapping[str, Any],
       if points:
         last_step, last_loss = points[-1]
         lines.append(f"{f'{label}: ' if label else ''}{len(points)} points; final loss "
-                     f"{_format_value(float(last_loss))} at step {_format_value(last_step)}.")
+                     f"{format_value(float(last_loss))} at step {format_value(last_step)}.")
     lines += ["", "![loss curve](loss_curve.png)", ""]
   if samples:
     shown = list(samples)[:max_samples]
