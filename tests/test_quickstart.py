@@ -128,8 +128,33 @@ def test_quickstart_names_a_wrong_method():
   from jaxlm.quickstart import stages  # pylint: disable=import-outside-toplevel
   for fn, setting in ((stages.instruction_tuning, "quickstart.sft_method"), (stages.alignment, "quickstart.alignment")):
     try:
-      fn("/nonexistent", "/nonexistent", None, None, method="rlhf")
+      fn("/nonexistent", None, None, method="rlhf")
     except ValueError as e:
       assert setting in str(e) and "rlhf" in str(e)
     else:
       raise AssertionError(f"{setting}='rlhf' was accepted")
+
+
+def test_a_stage_trained_with_other_settings_is_refused_and_kept(tmp_path):
+  """A rerun with a changed setting names the stage's directory and the setting, and
+  trains nothing over it; the same settings find the stage as it was."""
+  import dataclasses
+  import pytest
+  from jaxlm.models import TransformerConfig
+  from jaxlm.quickstart import stages
+  config = TransformerConfig(vocab_size=64, d_model=16, num_layers=1, num_heads=2, d_ff=32, max_len=16)
+  sft_dir = tmp_path / "sft"
+  (sft_dir / "checkpoints" / "30").mkdir(parents=True)
+  settings = {"parent": "abc:200", "peak_learning_rate": 2e-3, "register_sft_mixture": {"num_train": 2000}}
+  flat = {**{k: json.dumps(v) for k, v in settings.items() if not isinstance(v, dict)},
+          "register_sft_mixture.num_train": "2000", "steps": "30",
+          **{f"config.{k}": json.dumps(v, default=str) for k, v in dataclasses.asdict(config).items()}}
+  (sft_dir / "quickstart_stage.json").write_text(json.dumps({"settings": flat, "train_seconds": 1.0}))
+  changed = {**settings, "register_sft_mixture": {"num_train": 500}}
+  with pytest.raises(ValueError, match=r"sft holds the instruction-tuned \(full\) stage trained with other settings "
+                                       r"\(register_sft_mixture.num_train: 2000 -> 500\)\. Delete"):
+    stages.run_stage("instruction-tuned (full)", str(sft_dir), 30, config, changed)
+  with pytest.raises(ValueError, match=r"parent: \"abc:200\" -> \"abc:400\""):  # a retrained parent
+    stages.run_stage("instruction-tuned (full)", str(sft_dir), 30, config, {**settings, "parent": "abc:400"})
+  assert sorted(os.listdir(sft_dir / "checkpoints")) == ["30"]
+  assert json.loads((sft_dir / "quickstart_stage.json").read_text())["settings"] == flat

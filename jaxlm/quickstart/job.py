@@ -57,6 +57,7 @@ def _change(label: str, before: Dict[str, Any], after: Dict[str, Any], metric: s
   se = float(np.hypot(se_a, se_b))
   noise = suite_lib.within_noise(a, se_a, b, se_b)
   size = "within noise" if noise else (f"{abs(b - a) / se:.1f} SE" if se else "no spread: every item moved")
+  size += ", a loss" if b < a and not noise else ""
   return f"{label} {a:.2f} → {b:.2f} ({b - a:+.2f}, {size})", noise
 
 
@@ -165,21 +166,22 @@ def quickstart(model_dir: str = gin.REQUIRED,
     say(f"  instruction tuning, alignment and prompting need a causal decoder; TransformerConfig.arch="
         f"{config.arch!r}: pretraining only")
   say(f"[3/7] pretraining -> {model_dir} (TensorBoard: tensorboard --logdir {model_dir}/train)")
-  trained = [stages_lib.run_stage("pretrained", model_dir, pretrain_steps, config)]
+  settings = dict(data=os.path.basename(data_dir), vocab_size=vocab_size, sequence_length=sequence_length,
+                  **stages_lib.gin_settings("train", "warmup_cosine", "adamw", "DataPipeline", "register_quickstart_mixture"))
+  trained = [stages_lib.run_stage("pretrained", model_dir, pretrain_steps, config, settings)]
   if trained[-1] is None:
     return _stopped(model_dir, "pretraining")
   if "sft" in later:
     sft_dir = os.path.join(model_dir, "sft")
     say(f"[4/7] instruction tuning ({sft_method}) -> {sft_dir}")
-    trained.append(stages_lib.instruction_tuning(sft_dir, model_dir, config, vocabulary, method=sft_method,
+    trained.append(stages_lib.instruction_tuning(sft_dir, trained[-1], vocabulary, method=sft_method,
                                                  pretraining_task=f"{mixture_name}_corpus_as_targets"))
     if trained[-1] is None:
       return _stopped(sft_dir, "instruction tuning")
   if "align" in later:
     align_dir = os.path.join(model_dir, alignment)
     say(f"[5/7] alignment ({alignment}) -> {align_dir}")
-    trained.append(stages_lib.alignment(align_dir, trained[-1].model_dir, trained[-1].config, vocabulary,
-                                        method=alignment))
+    trained.append(stages_lib.alignment(align_dir, trained[-1], vocabulary, method=alignment))
     if trained[-1] is None:
       return _stopped(align_dir, "alignment")
   timings += [(f"{i + 3}. {s.name} ({s.steps} steps)", s.train_seconds, "cached" if s.cached else "")
@@ -188,7 +190,8 @@ def quickstart(model_dir: str = gin.REQUIRED,
   say("[6/7] evaluating every stage with the same suite (prompting strategies on held-out problems)")
   untrained_model = stages_lib.model_for(config)
   untrained = stages_lib.Stage("untrained", config,
-                               untrained_model.init(jax.random.key(seed), untrained_model.dummy_batch(1, sequence_length)))
+                               untrained_model.init(jax.random.key(seed), untrained_model.dummy_batch(1, sequence_length)),
+                               identity=f"untrained:{seed}:{trained[0].identity}")
   texts = [r["text"] for r in sources_lib.read_jsonl_documents(paths["validation"])][:eval_documents]
   texts = [" ".join(t.split(" ")[:eval_tokens_per_document]) for t in texts]  # bounded eval cost
   preferences = stages_lib.preference_source()("validation") if later else []
@@ -196,14 +199,20 @@ def quickstart(model_dir: str = gin.REQUIRED,
                                   problems=reasoning_problems, sample_tokens=max_new_tokens, full=bool(later))
   sample_prompts = suite_lib.sample_prompts(prompts, preferences)
   suite_key = json.dumps([dataclasses.asdict(suite), sample_prompts, len(texts), eval_tokens_per_document,
-                          os.path.basename(data_dir), len(preferences)])
+                          os.path.basename(data_dir), len(preferences), stages_lib.gin_settings("preference_source")],
+                         sort_keys=True, default=str)
   rows, samples = {}, {}
   for stage in [untrained] + trained:
-    key = f"{os.path.relpath(stage.model_dir or model_dir, model_dir)}:{stage.steps}:{suite_key}"
     path = os.path.join(model_dir, "evals", stage.name.split(" ")[0] + ".json")
-    metrics, outputs, seconds, cached = _cached_eval(
-        path, key, lambda stage=stage: suite_lib.evaluate(stage.model, stage.params, vocabulary, texts, preferences,
-                                                          sample_prompts, suite))
+    try:
+      metrics, outputs, seconds, cached = _cached_eval(
+          path, f"{stage.identity}:{suite_key}",
+          lambda stage=stage: suite_lib.evaluate(stage.model, stage.params, vocabulary, texts, preferences,
+                                                 sample_prompts, suite))
+    except KeyboardInterrupt:  # train() checkpoints on Ctrl-C; here the finished evaluations are saved
+      say(f"\nstopped while evaluating the {stage.name} stage (the finished evaluations are saved in "
+          f"{os.path.dirname(path)}); run the same command again to resume")
+      return {}
     rows[stage.name], samples[stage.name] = metrics, outputs
     timings.append((f"evaluate {stage.name}", seconds, "cached" if cached else ""))
     say(f"  {stage.name}: " + ", ".join(f"{k}={v:.3g}" for k, v in metrics.items() if not k.endswith("_stderr")))

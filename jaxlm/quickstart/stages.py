@@ -1,6 +1,9 @@
 """The quickstart's training stages: each a `train()` run in its own directory, started
 from the previous stage's checkpoint, cached once its last checkpoint exists and resumed
 from its latest checkpoint when it was stopped (train() resumes MODEL_DIR by itself).
+A stage's directory records the settings it was trained with (its gin bindings, the model
+config, the checkpoint it started from: quickstart_stage.json); a rerun with other
+settings is refused with the settings that changed, and nothing is overwritten.
 
   pretrain            MODEL_DIR: train() as runs/quickstart.gin binds it
   instruction_tuning  MODEL_DIR/sft: SFTObjective on a fixed-rate mixture of generated
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
@@ -49,6 +53,7 @@ class Stage:
   tokens_seen: int = 0
   cached: bool = False
   train_seconds: float = 0.0  # this run's (a cached stage's: the run that trained it)
+  identity: str = ""          # its settings and its step: what the next stage starts from
 
   @property
   def model(self):
@@ -69,53 +74,90 @@ def last_checkpoint(model_dir: str) -> int:
   return max(steps, default=-1)
 
 
-def _timing_path(model_dir: str) -> str:
+def _record_path(model_dir: str) -> str:
   return os.path.join(model_dir, "quickstart_stage.json")
 
 
-def run_stage(name: str, model_dir: str, steps: int, config: TransformerConfig, **train_kwargs) -> Optional[Stage]:
+def _read_record(model_dir: str) -> Dict[str, Any]:
+  if not os.path.exists(_record_path(model_dir)):
+    return {}
+  with open(_record_path(model_dir), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _write_record(model_dir: str, **fields) -> None:
+  from jaxlm.data.sources import atomic_write  # pylint: disable=import-outside-toplevel
+  os.makedirs(model_dir, exist_ok=True)
+  atomic_write(_record_path(model_dir), json.dumps({**_read_record(model_dir), **fields}, sort_keys=True))
+
+
+RUN_ONLY = frozenset({"model_dir", "train_steps", "checkpoint_every", "log_every", "progress_bar", "tensorboard",
+                      "async_checkpoints"})
+
+
+def gin_settings(*configurables: str) -> Dict[str, Dict[str, Any]]:
+  """{configurable: its gin bindings}, callables by name and the bindings that change how
+  a run is watched, not what it trains (RUN_ONLY) left out: a stage's settings."""
+  def plain(value):
+    return getattr(value, "__qualname__", type(value).__name__) if callable(value) else value
+  return {name: {k: plain(v) for k, v in sorted(gin.get_bindings(name).items()) if k not in RUN_ONLY}
+          for name in configurables}
+
+
+def _flat(settings: Dict[str, Any], prefix: str = "") -> Dict[str, str]:
+  out = {}
+  for key, value in settings.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True, default=str)
+  return out
+
+
+def _check_settings(name: str, model_dir: str, settings: Dict[str, str]) -> None:
+  """Refuses a directory that holds this stage trained with other settings."""
+  saved = _read_record(model_dir).get("settings")
+  if saved is None or saved == settings or last_checkpoint(model_dir) < 0:
+    return
+  changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+  shown = "; ".join(f"{k}: {saved.get(k, 'unset')} -> {settings.get(k, 'unset')}" for k in changed[:6])
+  raise ValueError(f"{model_dir} holds the {name} stage trained with other settings ({shown}"
+                   f"{'; ...' if len(changed) > 6 else ''}). Delete {model_dir} to train it again with these, "
+                   f"or give another MODEL_DIR")
+
+
+def run_stage(name: str, model_dir: str, steps: int, config: TransformerConfig, settings: Dict[str, Any],
+              **train_kwargs) -> Optional[Stage]:
   """train(model_dir, steps, config, **train_kwargs), or the cached parameters when
   model_dir already has the checkpoint of step `steps`; None when the run was stopped
-  (Ctrl-C / SIGTERM: checkpointed, the next run resumes it)."""
+  (Ctrl-C / SIGTERM: checkpointed, the next run resumes it). `settings` (JSON-able: the
+  gin bindings and arguments that shape the stage, the previous stage's identity), with
+  `steps` and `config`, are recorded and checked against the directory's record
+  (_check_settings): other steps would also mean another learning-rate schedule."""
   from jaxlm.training.trainer import train  # pylint: disable=import-outside-toplevel
+  settings = _flat({**settings, "steps": steps, "config": dataclasses.asdict(config)})
+  _check_settings(name, model_dir, settings)
+  fingerprint = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
   done = last_checkpoint(model_dir)
   if done >= steps:
     params = checkpointing.restore_params(model_dir, model_for(config).param_shapes())
-    record = {}
-    if os.path.exists(_timing_path(model_dir)):
-      with open(_timing_path(model_dir), encoding="utf-8") as f:
-        record = json.load(f)
+    record = _read_record(model_dir)
     say(f"  {name}: step {done} checkpoint in {model_dir} (cached)")
     return Stage(name, config, params, model_dir, done, record.get("tokens_seen", 0), True,
-                 record.get("train_seconds", 0.0))
+                 record.get("train_seconds", 0.0), f"{fingerprint}:{done}")
   if done > 0:
     say(f"  {name}: resuming from step {done} in {model_dir}")
+  _write_record(model_dir, settings=settings)
   start = time.time()
   result = train(model_dir=model_dir, train_steps=steps, config=config, **train_kwargs)
+  seconds = time.time() - start + _read_record(model_dir).get("partial_seconds", 0.0)  # with the stopped runs'
   if result.preempted:
-    note_partial_time(model_dir, time.time() - start)
+    _write_record(model_dir, partial_seconds=seconds)
     return None
-  seconds = time.time() - start
-  if os.path.exists(_timing_path(model_dir)):  # a resumed stage: add the earlier runs' time
-    with open(_timing_path(model_dir), encoding="utf-8") as f:
-      seconds += json.load(f).get("partial_seconds", 0.0)
-  record = {"tokens_seen": int(result.tokens_seen), "train_seconds": seconds}
-  with open(_timing_path(model_dir), "w", encoding="utf-8") as f:
-    json.dump(record, f)
-  return Stage(name, config, result.state.params, model_dir, int(result.state.step), int(result.tokens_seen),
-               False, seconds)
-
-
-def note_partial_time(model_dir: str, seconds: float) -> None:
-  """Adds a stopped run's seconds to the stage's record (the time split counts them)."""
-  os.makedirs(model_dir, exist_ok=True)
-  record = {}
-  if os.path.exists(_timing_path(model_dir)):
-    with open(_timing_path(model_dir), encoding="utf-8") as f:
-      record = json.load(f)
-  record["partial_seconds"] = record.get("partial_seconds", 0.0) + seconds
-  with open(_timing_path(model_dir), "w", encoding="utf-8") as f:
-    json.dump(record, f)
+  _write_record(model_dir, tokens_seen=int(result.tokens_seen), train_seconds=seconds, partial_seconds=0.0)
+  step = int(result.state.step)
+  return Stage(name, config, result.state.params, model_dir, step, int(result.tokens_seen), False, seconds,
+               f"{fingerprint}:{step}")
 
 
 def check_choice(setting: str, value: str, choices: Sequence[str]) -> None:
@@ -155,11 +197,11 @@ def register_sft_mixture(vocabulary, name: str = "quickstart_sft", families: Seq
 
 
 @gin.configurable
-def instruction_tuning(model_dir: str, init_from: str, config: TransformerConfig, vocabulary, method: str = "full",
+def instruction_tuning(model_dir: str, parent: Stage, vocabulary, method: str = "full",
                        steps: int = 250, batch_size: int = 32, peak_learning_rate: float = 2e-3,
                        lora_rank: int = 8, feature_lengths: Optional[Dict[str, int]] = None,
                        pretraining_task: Optional[str] = None, seed: int = 0) -> Optional[Stage]:
-  """Stage 3: SFT of the pretrained checkpoint (see the module docstring) on
+  """Stage 3: SFT of the pretrained stage `parent` (see the module docstring) on
   register_sft_mixture's mixture (with pretraining_task mixed in); method 'full' trains
   every parameter, 'lora' rank-`lora_rank` adapters on the attention projections
   (TransformerConfig.lora_targets), the base frozen."""
@@ -168,6 +210,7 @@ def instruction_tuning(model_dir: str, init_from: str, config: TransformerConfig
   from jaxlm.training import adamw, warmup_cosine  # pylint: disable=import-outside-toplevel
   check_choice("quickstart.sft_method", method, SFT_METHODS)
   lengths = dict(feature_lengths or {"inputs": 80, "targets": 48})
+  config = parent.config
   if sum(lengths.values()) > config.max_len:
     raise ValueError(f"instruction_tuning.feature_lengths={lengths} exceed TransformerConfig.max_len={config.max_len}")
   mixture = register_sft_mixture(vocabulary, pretraining_task=pretraining_task)
@@ -175,12 +218,15 @@ def instruction_tuning(model_dir: str, init_from: str, config: TransformerConfig
   if method == "lora":
     config = config.replace(lora_rank=lora_rank)
     trainable = Trainable(added_only=True)
-  return run_stage(f"instruction-tuned ({method})", model_dir, steps, config,
+  settings = dict(parent=parent.identity, method=method, batch_size=batch_size, peak_learning_rate=peak_learning_rate,
+                  lora_rank=lora_rank, feature_lengths=lengths, pretraining_task=pretraining_task, seed=seed,
+                  **gin_settings("register_sft_mixture", "train"))
+  return run_stage(f"instruction-tuned ({method})", model_dir, steps, config, settings,
                    batch_size=batch_size, data_fn=functools.partial(DataPipeline, mixture, lengths, seed=seed),
                    learning_rate=warmup_cosine(peak_value=peak_learning_rate, warmup_steps=max(1, steps // 10),
                                                decay_steps=steps),
                    optimizer=functools.partial(adamw, weight_decay=0.0), objective=SFTObjective(),
-                   init_from=init_from, trainable=trainable)
+                   init_from=parent.model_dir, trainable=trainable)
 
 
 @gin.configurable
@@ -193,11 +239,11 @@ def preference_source(families: Sequence[str] = ("count_words", "unit_conversion
 
 
 @gin.configurable
-def alignment(model_dir: str, init_from: str, config: TransformerConfig, vocabulary, method: str = "dpo",
+def alignment(model_dir: str, parent: Stage, vocabulary, method: str = "dpo",
               steps: int = 30, batch_size: int = 16, peak_learning_rate: float = 3e-4, beta: float = 0.1,
               rpo_alpha: float = 1.0, feature_lengths: Optional[Dict[str, int]] = None,
               rollout_prompts: int = 32, response_length: int = 16, seed: int = 0) -> Optional[Stage]:
-  """Stage 4 from the instruction-tuned checkpoint (the frozen reference too): 'dpo'
+  """Stage 4 from the instruction-tuned stage `parent` (the frozen reference too): 'dpo'
   (DPOObjective with the reference's log-probabilities computed once, RPO's NLL term
   rpo_alpha), or 'ppo' / 'grpo' on rollouts of the preference prompts rewarded by the
   preference rule (REWARD_RULES). A LoRA checkpoint trains its adapters only."""
@@ -206,6 +252,10 @@ def alignment(model_dir: str, init_from: str, config: TransformerConfig, vocabul
   from jaxlm.training import adamw, warmup_cosine  # pylint: disable=import-outside-toplevel
   check_choice("quickstart.alignment", method, ALIGNMENTS)
   lengths = dict(feature_lengths or {"inputs": 48, "targets": 24})
+  init_from, config = parent.model_dir, parent.config
+  settings = dict(parent=parent.identity, method=method, batch_size=batch_size, peak_learning_rate=peak_learning_rate,
+                  beta=beta, rpo_alpha=rpo_alpha, feature_lengths=lengths, rollout_prompts=rollout_prompts,
+                  response_length=response_length, seed=seed, **gin_settings("preference_source", "train"))
   trainable = Trainable(include=(r"_lora_[ab]$",)) if config.lora_rank else None
   common = dict(init_from=init_from, trainable=trainable, optimizer=functools.partial(adamw, weight_decay=0.0),
                 learning_rate=warmup_cosine(peak_value=peak_learning_rate, warmup_steps=max(1, steps // 8),
@@ -215,7 +265,7 @@ def alignment(model_dir: str, init_from: str, config: TransformerConfig, vocabul
     scorer = reference_scorer(init_from, config=config, batch_size=64)
     data_fn = functools.partial(prefs.PreferenceData, source, lengths, vocabulary=vocabulary, reference=scorer,
                                 seed=seed)
-    return run_stage("aligned (dpo)", model_dir, steps, config, batch_size=batch_size, data_fn=data_fn,
+    return run_stage("aligned (dpo)", model_dir, steps, config, settings, batch_size=batch_size, data_fn=data_fn,
                      objective=DPOObjective(beta=beta, rpo_alpha=rpo_alpha, reference="cached"), **common)
   from jaxlm.adaptation import (GRPOAdvantages, GRPOObjective, PPOAdvantages,  # pylint: disable=import-outside-toplevel
                                 PPOObjective, RolloutData, RuleReward)
@@ -227,6 +277,6 @@ def alignment(model_dir: str, init_from: str, config: TransformerConfig, vocabul
                      advantages=PPOAdvantages() if method == "ppo" else GRPOAdvantages(), vocabulary=vocabulary,
                      config=config, prompts_per_rollout=rollout_prompts // group, samples_per_prompt=group,
                      prompt_length=lengths["inputs"], response_length=response_length, epochs=1, seed=seed)
-  return run_stage(f"aligned ({method})", model_dir, steps, config, batch_size=batch_size,
+  return run_stage(f"aligned ({method})", model_dir, steps, config, settings, batch_size=batch_size,
                    data_fn=lambda **_: data, objective=PPOObjective() if method == "ppo" else GRPOObjective(),
                    frozen_models={"reference": init_from}, **common)

@@ -105,7 +105,7 @@ def prompting_metrics(lm: PromptLM, settings: SuiteSettings) -> Dict[str, float]
                        ("few-shot k-NN", icl.ICLConfig(num_shots=settings.num_shots, selection="knn",
                                                        order="similarity"))):
     prompts = icl.build_prompts(pool, pool, prompting_tasks.LOOKUP, config, lm)
-    predictions = lm.generate(prompts, DecodeConfig(max_new_tokens=4))
+    predictions = lm.generate(prompts, DecodeConfig(max_new_tokens=settings.answer_tokens))
     out.update(with_stderr(name, [_answers_match(p, a) for p, a in zip(predictions, answers)]))
 
   reasoning = DecodeConfig(max_new_tokens=settings.reasoning_tokens)
