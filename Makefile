@@ -20,7 +20,8 @@ test: install
 
 # Clean, tokenize, pretrain, instruction-tune, align, prompt, evaluate every stage:
 # runs/quickstart/report.md (about 15 minutes on 2 CPU cores). ARGS adds gin bindings, e.g.
-# make quickstart ARGS="--gin.TRAIN_STEPS=100". Ctrl-C, then again: resumes at that stage.
+# make quickstart ARGS="--gin.quickstart.reasoning_problems=50". Ctrl-C, then again: resumes at
+# that stage; other settings in the same MODEL_DIR are refused, naming what changed.
 quickstart: install
 	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m jaxlm.main --gin_file=gin_configs/runs/quickstart.gin $(ARGS)
 

@@ -28,11 +28,13 @@ import train_helpers  # noqa: E402
 from train_helpers import use_compilation_cache  # noqa: E402
 
 CONFIG = train_helpers.tiny_instruction_config()
-SFT_STEPS = 600
+SFT_STEPS = 400
 NUM_VALIDATION = 60
 LENGTHS = {"inputs": 64, "targets": 16}
 RUN = dict(progress_bar=False, tensorboard=False, log_every=50, checkpoint_every=10_000, async_checkpoints=False)
 MIN_GAIN = 0.5  # exact match (0-1) the SFT model must gain over the pretrained one, per task
+# (measured at 400 steps: unit_conversion 0.82, count_words 0.97, count_words as chat 0.92,
+# each from 0.00; every chat answer stops at <|end|>)
 
 
 def _register(v, family, chat=None, name=None):

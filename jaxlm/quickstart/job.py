@@ -207,8 +207,10 @@ def quickstart(model_dir: str = gin.REQUIRED,
     try:
       metrics, outputs, seconds, cached = _cached_eval(
           path, f"{stage.identity}:{suite_key}",
-          lambda stage=stage: suite_lib.evaluate(stage.model, stage.params, vocabulary, texts, preferences,
-                                                 sample_prompts, suite))
+          # Host copies: parameters straight from train() carry its sharding, restored and
+          # fresh ones do not; as numpy every stage shares one set of compiled programs.
+          lambda stage=stage: suite_lib.evaluate(stage.model, jax.device_get(stage.params), vocabulary, texts,
+                                                 preferences, sample_prompts, suite))
     except KeyboardInterrupt:  # train() checkpoints on Ctrl-C; here the finished evaluations are saved
       say(f"\nstopped while evaluating the {stage.name} stage (the finished evaluations are saved in "
           f"{os.path.dirname(path)}); run the same command again to resume")
