@@ -6,14 +6,15 @@ command, ending in one report.
 Stages (gin_configs/runs/quickstart.gin configures every one); each training stage is a
 train() run in its own directory, started from the previous stage's checkpoint, skipped
 ("cached") once its last checkpoint exists, resumed at its step when it was stopped
-(Ctrl-C checkpoints and stops; the same command resumes):
+(Ctrl-C checkpoints and stops; the same command resumes) and refused, with the settings
+that changed, when the same directory is asked for it with other settings:
   1. clean the sources (default: the embedded prose and code corpora) and print what each
      cleaning stage removed; add generated reasoning documents (corpus.py);
   2. train a SentencePiece tokenizer on the training split, chat role markers reserved;
   3. pretrain the small decoder in MODEL_DIR (progress bar, TensorBoard, checkpoints);
-  4. instruction-tune it in MODEL_DIR/sft: generated instruction families and the tasks that
-     teach prompting (lookup with demonstrations, calculator calls, rationales); full or
-     LoRA (quickstart.sft_method) (stages.py);
+  4. instruction-tune it in MODEL_DIR/sft: generated instruction families (one also as chat
+     turns) and the tasks that teach prompting (lookup with demonstrations, calculator
+     calls, rationales); full or LoRA (quickstart.sft_method) (stages.py);
   5. align it in MODEL_DIR/dpo: DPO on generated preferences with a known true reward (PPO
      or GRPO: quickstart.alignment) (stages.py);
   6. evaluate every stage (untrained, pretrained, instruction-tuned, aligned) with one suite:

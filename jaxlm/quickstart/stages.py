@@ -169,23 +169,34 @@ def check_choice(setting: str, value: str, choices: Sequence[str]) -> None:
 def register_sft_mixture(vocabulary, name: str = "quickstart_sft", families: Sequence[str] = ("count_words",
                                                                                                "unit_conversion"),
                          prompting: Sequence[str] = ("lookup", "calculator", "rationales"),
+                         chat_families: Sequence[str] = ("count_words",),
                          rates: Optional[Dict[str, float]] = None, num_train: int = 2000,
                          num_validation: int = 64, pretraining_task: Optional[str] = None,
                          pretraining_rate: float = 0.1) -> str:
   """The instruction mixture: instructions_<family> of the generated families (every
-  template) and quickstart_<task> of the prompting tasks, mixed at fixed `rates`
+  template), quickstart_chat_<family> of `chat_families` (their direct wording as a user
+  turn and an assistant turn closed by the end-of-turn marker: the chat symbols the
+  tokenizer reserved) and quickstart_<task> of the prompting tasks, mixed at fixed `rates`
   ({task: rate}, default 1; lookup and calculator 1.5: they take longest to learn), and
   `pretraining_task` as a `pretraining_rate` share of all examples (OPT-IML's
   regularisation: the model keeps its held-out perplexity)."""
-  from jaxlm.data import tasks  # pylint: disable=import-outside-toplevel
+  from jaxlm.data import generated_tasks, instructions, tasks  # pylint: disable=import-outside-toplevel
   for task in prompting:
     check_choice("register_sft_mixture.prompting", task, tuple(PROMPTING_TASKS))
+  for family in chat_families:
+    check_choice("register_sft_mixture.chat_families", family, tuple(generated_tasks.FAMILIES))
   rates = {"lookup": 1.5, "calculator": 1.5, **(rates or {})}
   names = [n for n in tasks.register_generated_instruction_tasks(vocabulary, families=list(families),
                                                                  num_train=num_train,
                                                                  num_validation=num_validation)
            if n != f"{tasks.INSTRUCTIONS_PREFIX}mix"]
   sizes = {"train": num_train, "validation": num_validation}
+  chat = instructions.ChatTemplate()
+  for family in chat_families:
+    def chat_pairs(split, family=family):
+      return instructions.template_pairs(generated_tasks.examples(family, sizes[split], split),
+                                         generated_tasks.FAMILIES[family].templates[:1], f"chat:{family}", chat=chat)
+    names.append(tasks.register_instruction_task(f"quickstart_chat_{family}", chat_pairs, vocabulary, chat=chat).name)
   for task in prompting:
     make = PROMPTING_TASKS[task]
     names.append(tasks.register_instruction_task(f"quickstart_{task}", lambda split, make=make: make(sizes[split], split),

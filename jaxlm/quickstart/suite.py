@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from jaxlm.data import prompting_tasks
-from jaxlm.data.instructions import answer_of
+from jaxlm.data import generated_tasks, prompting_tasks
+from jaxlm.data.instructions import ChatTemplate, answer_of, instance_pairs
 from jaxlm.evaluation import metrics as metrics_lib
 from jaxlm.inference.decoding import DecodeConfig
 from jaxlm.inference.infer import decode_texts
@@ -128,11 +128,16 @@ def prompting_metrics(lm: PromptLM, settings: SuiteSettings) -> Dict[str, float]
 
 
 def sample_prompts(prompts: Sequence[str], preferences) -> List[str]:
-  """The report's sample prompts: `prompts`, plus (full suite) one held-out instruction
-  and one calculator problem."""
-  extra = [preferences[0].prompt, prompting_tasks.CALC.instance(prompting_tasks.calculator_examples(1, "validation")[0]
-                                                               ).prompt()] if preferences else []
-  return list(prompts) + extra
+  """The report's sample prompts: `prompts`, plus (full suite) one held-out instruction,
+  the same as a chat turn (the assistant's answer closes with the end-of-turn marker) and
+  one calculator problem."""
+  if not preferences:
+    return list(prompts)
+  first = preferences[0].truth
+  instance = generated_tasks.FAMILIES[first["family"]].templates[0].instance(first["example"])
+  chat = instance_pairs(instance, ChatTemplate())[0][0]
+  calculator = prompting_tasks.CALC.instance(prompting_tasks.calculator_examples(1, "validation")[0]).prompt()
+  return list(prompts) + [preferences[0].prompt, chat, calculator]
 
 
 def evaluate(model, params, vocabulary, texts: Sequence[str], preferences, prompts: Sequence[str],
