@@ -142,8 +142,10 @@ def quickstart(model_dir: str = gin.REQUIRED,
   Pretraining is `train()` as gin binds it for pretrain_steps steps (runs/quickstart.gin:
   the model, the learning rate, the data: DataPipeline over `mixture_name`) in MODEL_DIR;
   `stages` picks the later ones ('sft': instruction_tuning with sft_method 'full' or
-  'lora' in MODEL_DIR/sft; 'align': alignment with `alignment` 'dpo', 'ppo' or 'grpo' in
-  MODEL_DIR/<alignment>), each configured by its own gin function (jaxlm.quickstart.stages).
+  'lora' in MODEL_DIR/sft (LoRA: MODEL_DIR/sft_lora); 'align': alignment with `alignment`
+  'dpo', 'ppo' or 'grpo' in MODEL_DIR/<alignment> (after LoRA: MODEL_DIR/<alignment>_lora)),
+  each configured by its own gin function (jaxlm.quickstart.stages); so full and LoRA
+  chains share the pretraining of one MODEL_DIR.
   Every stage's model is measured by the same suite (jaxlm.quickstart.suite): perplexity
   on the first eval_documents validation documents cut to eval_tokens_per_document words,
   in rolling windows of sequence_length; reasoning_problems held-out problems per
@@ -172,14 +174,15 @@ def quickstart(model_dir: str = gin.REQUIRED,
   if trained[-1] is None:
     return _stopped(model_dir, "pretraining")
   if "sft" in later:
-    sft_dir = os.path.join(model_dir, "sft")
+    sft_dir = os.path.join(model_dir, "sft" if sft_method == "full" else f"sft_{sft_method}")
     say(f"[4/7] instruction tuning ({sft_method}) -> {sft_dir}")
     trained.append(stages_lib.instruction_tuning(sft_dir, trained[-1], vocabulary, method=sft_method,
                                                  pretraining_task=f"{mixture_name}_corpus_as_targets"))
     if trained[-1] is None:
       return _stopped(sft_dir, "instruction tuning")
   if "align" in later:
-    align_dir = os.path.join(model_dir, alignment)
+    align_dir = os.path.join(model_dir, alignment if sft_method == "full" or "sft" not in later
+                             else f"{alignment}_{sft_method}")
     say(f"[5/7] alignment ({alignment}) -> {align_dir}")
     trained.append(stages_lib.alignment(align_dir, trained[-1], vocabulary, method=alignment))
     if trained[-1] is None:

@@ -6,12 +6,12 @@ config, the checkpoint it started from: quickstart_stage.json); a rerun with oth
 settings is refused with the settings that changed, and nothing is overwritten.
 
   pretrain            MODEL_DIR: train() as runs/quickstart.gin binds it
-  instruction_tuning  MODEL_DIR/sft: SFTObjective on a fixed-rate mixture of generated
+  instruction_tuning  MODEL_DIR/sft[_lora]: SFTObjective on a fixed-rate mixture of generated
                       instruction families (count_words, unit_conversion: learned in a few
                       hundred steps) and the prompting tasks of jaxlm.data.prompting_tasks
                       (lookup with demonstrations, calculator calls, rationales), the whole
                       model ('full') or LoRA adapters ('lora')
-  alignment           MODEL_DIR/<dpo|ppo|grpo>: DPO on generated preferences whose true
+  alignment           MODEL_DIR/<dpo|ppo|grpo>[_lora]: DPO on generated preferences whose true
                       reward is known (jaxlm.data.preferences, 'format' rule by default:
                       "The answer is X." over the bare answer), or PPO / GRPO against the
                       same rule as a reward (jaxlm.adaptation.rollouts)
