@@ -12,6 +12,7 @@ RetrievalAugmentation's best-last layout).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -39,9 +40,10 @@ from jaxlm.prompting.lm import PromptLM  # noqa: E402
 from jaxlm.prompting.retrieval import RetrievalAugmentation  # noqa: E402
 from jaxlm.prompting.strategy import PromptStrategy  # noqa: E402
 from jaxlm.training import adamw, train, warmup_cosine  # noqa: E402
+from jaxlm.training.checkpointing import restore_params  # noqa: E402
 from jaxlm.vocabularies import until_eos  # noqa: E402
 
-from train_helpers import use_compilation_cache  # noqa: E402
+from train_helpers import shared_run, use_compilation_cache  # noqa: E402
 
 CONFIG = TransformerConfig(vocab_size=1024, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=256,
                            max_len=128, dtype="float32")
@@ -58,7 +60,7 @@ SC_TOLERANCE = 0.05       # self-consistency@9 at temperature 0.4 at most this b
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained():
   """(PromptLM of the trained model, its vocabulary, the closed-book QA task's name)."""
   use_compilation_cache()
   v = vocab.seqio_vocabulary(vocab_size=1024, num_sentinels=128)
@@ -75,12 +77,18 @@ def trained(tmp_path_factory):
   # Closed-book questions about facts the model never saw: the evaluation's QA task.
   closed = {split: template_pairs(QA, eval_facts) for split in ("train", "validation")}
   tasks.register_instruction_task("prompting_closed_book_qa", closed, v)
-  result = train(model_dir=str(tmp_path_factory.mktemp("prompting")), train_steps=STEPS, batch_size=BATCH,
-                 config=CONFIG, data_fn=functools.partial(DataPipeline, "prompting_mix", LENGTHS), optimizer=adamw,
-                 learning_rate=warmup_cosine(peak_value=3e-3, warmup_steps=30, decay_steps=STEPS),
-                 objective=SFTObjective(), **RUN)
-  assert result.history[-1]["loss"] < 0.6 * result.history[0]["loss"]
-  return PromptLM(result.model, result.state.params, v, batch_size=NUM_EVAL), "prompting_closed_book_qa"
+
+  def run(model_dir):
+    result = train(model_dir=model_dir, train_steps=STEPS, batch_size=BATCH, config=CONFIG,
+                   data_fn=functools.partial(DataPipeline, "prompting_mix", LENGTHS), optimizer=adamw,
+                   learning_rate=warmup_cosine(peak_value=3e-3, warmup_steps=30, decay_steps=STEPS),
+                   objective=SFTObjective(), **RUN)
+    assert result.history[-1]["loss"] < 0.6 * result.history[0]["loss"]
+  # Trained once per machine and code version, shared by both xdist workers.
+  with open(__file__, encoding="utf-8") as f:  # this module's data and settings
+    path = shared_run("prompting", [dataclasses.asdict(CONFIG), STEPS, BATCH, LENGTHS, sizes, f.read()], run)
+  model = build_model(CONFIG)
+  return PromptLM(model, restore_params(path, model.param_shapes()), v, batch_size=NUM_EVAL), "prompting_closed_book_qa"
 
 
 def accuracy(predictions, answers) -> float:

@@ -275,6 +275,29 @@ def tiny_instruction_model() -> str:
     return os.path.join(path, "sft")
 
 
+def shared_run(name: str, settings, run) -> str:
+  """The model directory of a training run that the test workers share (xdist may split a
+  module whose fixture trains it across both workers): run(work_dir) trains it the first
+  time, under a file lock; the directory is keyed by `settings` and every jaxlm source
+  file, so any change to the code trains it again."""
+  import glob
+  import hashlib
+  import shutil
+  from jaxlm.data import sources
+  digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode())
+  for name_ in sorted(glob.glob(os.path.join(ROOT, "jaxlm", "**", "*.py"), recursive=True)):
+    with open(name_, "rb") as f:
+      digest.update(f.read())
+  path = os.path.join(sources.cache_dir("test_models"), f"{name}-{digest.hexdigest()[:12]}")
+  with sources.file_lock(path):
+    if not os.path.isdir(path):
+      work = path + ".partial"
+      shutil.rmtree(work, ignore_errors=True)
+      run(work)
+      os.replace(work, path)
+  return path
+
+
 def tiny_pretrained_model() -> str:
   """The checkpoint directory of the shared model's pretraining stage (before any SFT)."""
   return os.path.join(os.path.dirname(tiny_instruction_model()), "pretrained")
