@@ -12,11 +12,12 @@ that changed, when the same directory is asked for it with other settings:
      cleaning stage removed; add generated reasoning documents (corpus.py);
   2. train a SentencePiece tokenizer on the training split, chat role markers reserved;
   3. pretrain the small decoder in MODEL_DIR (progress bar, TensorBoard, checkpoints);
-  4. instruction-tune it in MODEL_DIR/sft (LoRA: sft_lora): generated instruction families (one also as chat
-     turns) and the tasks that teach prompting (lookup with demonstrations, calculator
-     calls, rationales); full or LoRA (quickstart.sft_method) (stages.py);
-  5. align it in MODEL_DIR/dpo (ppo, grpo; after LoRA: dpo_lora, ...): DPO on generated preferences with a known true reward (PPO
-     or GRPO: quickstart.alignment) (stages.py);
+  4. instruction-tune it in MODEL_DIR/sft (LoRA: sft_lora): generated instruction families
+     (one also as chat turns) and the tasks that teach prompting (lookup with
+     demonstrations, calculator calls, rationales); full or LoRA (quickstart.sft_method)
+     (stages.py);
+  5. align it in MODEL_DIR/dpo (ppo, grpo; after LoRA: dpo_lora, ...): DPO on generated
+     preferences with a known true reward (PPO or GRPO: quickstart.alignment) (stages.py);
   6. evaluate every stage (untrained, pretrained, instruction-tuned, aligned) with one suite:
      held-out perplexity, exact match on held-out instructions, ECE, preference accuracy
      and true reward, and the prompting strategies on held-out problems: few-shot with

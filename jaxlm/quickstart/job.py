@@ -168,8 +168,10 @@ def quickstart(model_dir: str = gin.REQUIRED,
     say(f"  instruction tuning, alignment and prompting need a causal decoder; TransformerConfig.arch="
         f"{config.arch!r}: pretraining only")
   say(f"[3/7] pretraining -> {model_dir} (TensorBoard: tensorboard --logdir {model_dir}/train)")
+  pretraining = stages_lib.gin_settings("train", "warmup_cosine", "adamw", "DataPipeline",
+                                        "register_quickstart_mixture")
   settings = dict(data=os.path.basename(data_dir), vocab_size=vocab_size, sequence_length=sequence_length,
-                  **stages_lib.gin_settings("train", "warmup_cosine", "adamw", "DataPipeline", "register_quickstart_mixture"))
+                  **pretraining)
   trained = [stages_lib.run_stage("pretrained", model_dir, pretrain_steps, config, settings)]
   if trained[-1] is None:
     return _stopped(model_dir, "pretraining")
@@ -192,8 +194,8 @@ def quickstart(model_dir: str = gin.REQUIRED,
 
   say("[6/7] evaluating every stage with the same suite (prompting strategies on held-out problems)")
   untrained_model = stages_lib.model_for(config)
-  untrained = stages_lib.Stage("untrained", config,
-                               untrained_model.init(jax.random.key(seed), untrained_model.dummy_batch(1, sequence_length)),
+  untrained_params = untrained_model.init(jax.random.key(seed), untrained_model.dummy_batch(1, sequence_length))
+  untrained = stages_lib.Stage("untrained", config, untrained_params,
                                identity=f"untrained:{seed}:{trained[0].identity}")
   texts = [r["text"] for r in sources_lib.read_jsonl_documents(paths["validation"])][:eval_documents]
   texts = [" ".join(t.split(" ")[:eval_tokens_per_document]) for t in texts]  # bounded eval cost
